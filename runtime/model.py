@@ -1,0 +1,240 @@
+"""MiniCPM4 (and Llama) in PyTorch, in one readable file.
+
+MiniCPM4 is a Llama-family decoder with three muP scalings. A Llama config is the same model with
+identity scales; that is how the embedded SmolLM2 runs.
+
+- embeddings are multiplied by `scale_emb`;
+- each residual branch (attention, MLP) is multiplied by `scale_depth / sqrt(num_hidden_layers)`;
+- after the final RMSNorm, logits = lm_head(h / (hidden_size / dim_model_base)), in float32.
+
+Otherwise: pre-norm RMSNorm (statistics in float32), GQA attention without biases and with scale
+1/sqrt(head_dim), SwiGLU MLP, RoPE in float32 with LongRoPE (short or long factors picked by the
+sequence length against original_max_position_embeddings, cos/sin multiplied by its attention
+factor), tied or untied embeddings.
+
+Module names follow the HF checkpoint (`model.layers.0.self_attn.q_proj.weight`, ...) so a
+safetensors file loads without renaming.
+
+Shapes: B batch, T new tokens, S keys visible (cached + new), C hidden, H query heads,
+Hkv key/value heads, D head_dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.config import ModelConfig
+
+
+class KVCache:
+    """Preallocated keys and values for every layer of one batch of sequences.
+
+    `capacity` is fixed at allocation: it is the longest sequence this cache can hold, and it is
+    also the sequence length that picks LongRoPE's short or long factors for every token written
+    here. Fixing the choice per sequence (as llama.cpp does with n_ctx) means cached keys never mix
+    the two rotations, so cached decoding equals one uncached forward over the same length.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype, device="cpu"):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, capacity, D]
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.capacity = capacity
+        self.length = 0  # positions [0, length) hold valid keys
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on (keeps a shared prefix for the next turn)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 whatever the compute dtype, as the HF reference does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables in float32, with LongRoPE's factor sets and attention factor.
+
+    Frequencies follow upstream MiniCPM's operation order: freqs = outer(pos, 1 / ext) * inv_freq,
+    where ext is short_factor or long_factor (all ones without LongRoPE).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))  # [D/2]
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        ones = torch.ones(d // 2, dtype=torch.float32)
+        if config.rope_type == "longrope":
+            short = torch.tensor(config.rope_scaling["short_factor"], dtype=torch.float32)
+            long = torch.tensor(config.rope_scaling["long_factor"], dtype=torch.float32)
+        elif config.rope_freq_factors is not None:
+            short = long = torch.tensor(config.rope_freq_factors, dtype=torch.float32)
+        else:
+            short = long = ones
+        self.register_buffer("short_factor", short, persistent=False)
+        self.register_buffer("long_factor", long, persistent=False)
+        self.original_max_position_embeddings = config.original_max_position_embeddings
+        self.attention_factor = config.rope_attention_factor
+
+    def forward(self, positions: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [T] int64; seq_len picks the factor set. Returns cos, sin: [T, D] float32."""
+        ext = self.long_factor if seq_len > self.original_max_position_embeddings else self.short_factor
+        freqs = torch.outer(positions.float(), 1.0 / ext) * self.inv_freq  # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [T, D], HF's rotate_half layout
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, T, D] in any dtype; rotated in float32 and cast back."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> torch.Tensor:
+    """Causal attention of T queries at positions [q_start, q_start + T) over keys [0, S).
+
+    q: [B, H, T, D]; k, v: [B, Hkv, S, D] with S = q_start + T. Returns [B, H, T, D].
+    Scale 1/sqrt(D). This is the one signature the sparse InfLLM v2 attention also implements.
+    """
+    t, s = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if t == 1:  # one decode step sees every cached key: no mask at all
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if q_start == 0 and t == s:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    # Chunked prefill: query i sits at position q_start + i and sees keys j <= q_start + i.
+    query_pos = torch.arange(q_start, q_start + t, device=q.device)[:, None]
+    mask = torch.arange(s, device=q.device)[None, :] <= query_pos  # [T, S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, start: int) -> torch.Tensor:
+        b, t, _ = x.shape  # x: [B, T, C]
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[layer, :, :, start : start + t] = k
+            cache.v[layer, :, :, start : start + t] = v
+            k = cache.k[layer, :, :, : start + t]  # [B, Hkv, S, D]
+            v = cache.v[layer, :, :, : start + t]
+        out = dense_attention(q, k, v, q_start=start)  # [B, H, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, index: int):
+        super().__init__()
+        self.index = index
+        self.residual_scale = config.residual_scale  # scale_depth / sqrt(L); 1 for Llama
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, h, cos, sin, cache: KVCache | None, start: int) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(h), cos, sin, self.index, cache, start)
+        h = h + attn * self.residual_scale
+        return h + self.mlp(self.post_attention_layernorm(h)) * self.residual_scale
+
+
+class Backbone(nn.Module):
+    """HF's `model.` prefix: embeddings, decoder layers and the final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """The whole model: `model.*` as in the HF checkpoint, plus `lm_head` (tied or not)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, capacity: int, batch_size: int = 1) -> KVCache:
+        return KVCache(self.config, batch_size, capacity, self.dtype, self.model.embed_tokens.weight.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        last_logits_only: bool = False,
+    ) -> torch.Tensor:
+        """input_ids: [B, T]. Returns float32 logits [B, T, V] (or [B, 1, V] with last_logits_only).
+
+        With a cache the tokens continue the cached sequence at position cache.length, and the
+        cache advances by T; without one they form a whole sequence starting at position 0.
+        """
+        t = input_ids.shape[1]
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + t > cache.capacity:
+            raise ValueError(f"KV cache holds {cache.capacity} positions; {start} used, {t} more requested")
+        seq_len = cache.capacity if cache is not None else t
+        positions = torch.arange(start, start + t, device=input_ids.device)
+        cos, sin = self.rotary(positions, seq_len)  # [T, D] each
+
+        h = self.model.embed_tokens(input_ids) * self.config.embedding_scale  # [B, T, C]
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, cache, start)
+        if cache is not None:
+            cache.length = start + t
+        if last_logits_only:
+            h = h[:, -1:]
+        h = self.model.norm(h)
+        return self.lm_head(h / self.config.logit_divisor).float()  # [B, T, V]
