@@ -1,0 +1,1 @@
+"""Backends behind the one generation interface (runtime/events.py): torch and llama.cpp (gguf)."""

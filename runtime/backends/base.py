@@ -1,0 +1,63 @@
+"""The contract every backend implements, and `load_backend` to pick one by name.
+
+A backend turns chat messages (OpenAI shape: role, content, ...) or a raw prompt into a stream of
+GenerationEvents. The CLI, the server, the agents and the TUI see nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.errors import BackendUnavailableError
+from runtime.events import GenerationEvent, SamplingParams
+
+BACKENDS = ("torch", "gguf")
+
+
+class Backend(ABC):
+    name: str  # "torch", "gguf"
+    model_label: str  # what the model reference resolved to, for the user
+    context_length: int  # the most tokens (prompt + output) one generation may span
+    notices: list[str]  # what the user should know about this load (dequantized weights, ...)
+
+    @abstractmethod
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of text; special tokens written in it are recognised."""
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+        """The prompt text the model's chat template makes of the messages (generation prompt added)."""
+
+    @abstractmethod
+    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
+        """Stream events for a prompt given as token ids."""
+
+    def chat(self, messages: list[dict[str, Any]], params: SamplingParams, **template_kwargs: Any) -> Iterator[GenerationEvent]:
+        """Stream the assistant's reply to messages; template_kwargs reach the chat template."""
+        return self.generate_tokens(self.tokenize(self.render_chat(messages, **template_kwargs)), params)
+
+    def complete(self, prompt: str, params: SamplingParams) -> Iterator[GenerationEvent]:
+        """Stream a continuation of raw text, without the chat template."""
+        return self.generate_tokens(self.tokenize(prompt), params)
+
+
+def load_backend(
+    name: str,
+    model: str | None,
+    *,
+    dtype: str = "auto",
+    context_length: int | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """Load `model` (a model reference, see runtime/model_ref.py) on the named backend."""
+    if name == "torch":
+        from runtime.backends.torch_backend import TorchBackend
+
+        return TorchBackend.load(model, dtype=dtype, context_length=context_length, threads=threads)
+    if name == "gguf":
+        from runtime.backends.gguf_backend import GGUFBackend
+
+        return GGUFBackend.load(model, context_length=context_length, threads=threads)
+    raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

@@ -1,0 +1,130 @@
+"""The `gguf` backend: any GGUF through llama-cpp-python, behind the generation interface.
+
+A thin adapter for now: it renders the chat template and assembles events with the same code as
+the torch backend (runtime/chat_template.py, runtime/streaming.py) and lets llama.cpp do the
+forward passes and the sampling. It imports no torch, so this path stays light.
+Differences from the torch backend: llama.cpp's own sampler chain (penalties, top-k, top-p,
+min-p, then temperature) and a fixed 64-token repetition-penalty window.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.backends.base import Backend
+from runtime.chat_template import render_chat
+from runtime.errors import ContextLengthError, ModelLoadError, UnsupportedModelError
+from runtime.events import GenerationEvent, SamplingParams
+from runtime.model_ref import resolve_model
+from runtime.streaming import Step, events_from_steps
+
+
+class GGUFBackend(Backend):
+    name = "gguf"
+
+    def __init__(self, llm, model_label: str):
+        self.llm = llm
+        self.model_label = model_label
+        self.notices: list[str] = []
+        self.context_length = llm.n_ctx()
+        meta = llm.metadata
+        self.chat_template = meta.get("tokenizer.chat_template")
+        self.stop_ids = {llm.token_eos()}
+        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+            if key in meta:
+                self.stop_ids.add(int(meta[key]))
+        self.bos_text = self._piece(llm.token_bos())
+        self.eos_text = self._piece(llm.token_eos())
+
+    @classmethod
+    def load(cls, model: str | None, *, context_length: int | None = None, threads: int | None = None) -> GGUFBackend:
+        source = resolve_model(model)
+        if source.format != "gguf":
+            raise UnsupportedModelError(
+                f"the gguf backend runs .gguf files and {source.label} is an HF checkpoint; convert it with "
+                "`minicpm convert DIR OUT.gguf` or use --backend torch"
+            )
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); run ./setup.sh") from None
+        try:
+            llm = Llama(
+                model_path=str(source.path),
+                n_ctx=context_length or 0,  # 0: the model's own training context
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp cannot load {source.path} ({exc}); the file is corrupt or its architecture is "
+                "unknown to this llama.cpp build"
+            ) from None
+        return cls(llm, source.label)
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        bos = self.llm.token_bos()
+        if len(ids) > 1 and ids[0] == ids[1] == bos:  # the template wrote BOS itself
+            ids = ids[1:]
+        return ids
+
+    def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+        return render_chat(self.chat_template, messages, bos_token=self.bos_text, eos_token=self.eos_text, **template_kwargs)
+
+    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
+        if len(prompt) >= self.context_length:
+            raise ContextLengthError(
+                f"the prompt is {len(prompt)} tokens but the context holds {self.context_length}, leaving no "
+                "room to generate; shorten the prompt or raise --ctx"
+            )
+        budget = min(params.max_tokens, self.context_length - len(prompt))
+        stop_ids = self.stop_ids | set(params.stop_token_ids)
+        steps = self._steps(prompt, params, budget, stop_ids)
+        return events_from_steps(steps, self.decode, prompt, params, stop_ids)
+
+    def _steps(self, prompt: list[int], params: SamplingParams, budget: int, stop_ids: set[int]) -> Iterator[Step]:
+        import numpy as np
+        from llama_cpp import llama_get_logits_ith
+
+        llm = self.llm
+        llm.reset()
+        for start in range(0, len(prompt), llm.n_batch):  # prefill in batches, reporting progress
+            llm.eval(prompt[start : start + llm.n_batch])
+            yield Step(prompt_processed=min(start + llm.n_batch, len(prompt)))
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        # The whole prompt is in the KV cache now, so generate() starts sampling at once.
+        tokens = llm.generate(
+            prompt,
+            temp=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            repeat_penalty=params.repetition_penalty,
+        )
+        n_vocab = llm.n_vocab()
+        for i, token in enumerate(tokens):
+            logprob, top = None, ()
+            if params.logprobs or params.top_logprobs:
+                # The logits the token was drawn from are still in the context until the next eval.
+                logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+                logprobs = logits - logits.max()
+                logprobs -= np.log(np.exp(logprobs).sum())
+                logprob = float(logprobs[token])
+                order = np.argsort(-logprobs)[: params.top_logprobs]
+                top = tuple((int(t), float(logprobs[t])) for t in order)
+            yield Step(prompt_processed=len(prompt), token=int(token), logprob=logprob, top_logprobs=top)
+            if token in stop_ids or i == budget - 1:
+                tokens.close()
+                return

@@ -1,0 +1,46 @@
+"""The `torch` backend: this project's runtime (runtime/model.py) behind the generation interface."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.backends.base import Backend
+from runtime.errors import ContextLengthError
+from runtime.events import GenerationEvent, SamplingParams
+from runtime.loading import LoadedModel, load_torch_model
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, loaded: LoadedModel, context_length: int | None = None):
+        self.loaded = loaded
+        self.model_label = loaded.source.label
+        self.notices = list(loaded.notices)
+        limit = loaded.config.max_position_embeddings
+        if context_length is not None and not 1 < context_length <= limit:
+            raise ContextLengthError(
+                f"--ctx {context_length} is outside what the model supports (2 to {limit} tokens); "
+                f"pass at most {limit}"
+            )
+        self.context_length = context_length or limit
+
+    @classmethod
+    def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None) -> TorchBackend:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        return cls(load_torch_model(model, dtype=dtype), context_length)
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.loaded.tokenizer.encode(text, add_bos=None if add_bos else False)
+
+    def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+        return self.loaded.tokenizer.render_chat(messages, **template_kwargs)
+
+    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
+        from runtime.generate import stream_generate
+
+        return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length)

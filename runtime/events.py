@@ -1,0 +1,87 @@
+"""The one generation interface every backend speaks: sampling settings in, GenerationEvents out.
+
+The CLI, the server, the agents and the TUI consume only these types, so they work the same on the
+torch runtime, on llama.cpp and on a remote OpenAI-compatible server. This module imports nothing
+heavy (no torch), so a llama.cpp-only path stays light.
+
+A stream is a sequence of events:
+- prefill progress: `prompt_processed` rises towards `prompt_tokens`, with no token and no text;
+- one event per generated token: `token`, its `logprob`, and `text`, the new text it completes
+  (possibly "" while a multi-byte character or a possible stop string is held back);
+- a final event with `finish_reason` set, carrying any text still held back.
+Every event carries the running usage and timing, so a consumer can stop reading at any point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. temperature 0 means greedy (argmax)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off; drops tokens below min_p * p(most likely)
+    repetition_penalty: float = 1.0  # 1: off; CTRL-style, over the last `repetition_window` tokens
+    repetition_window: int = 64
+    seed: int | None = None  # None: a fresh random seed per call
+    stop: tuple[str, ...] = ()  # generation ends before any of these strings
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the model's own EOS ids
+    logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and this many alternatives
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens must be at least 1 (got {self.max_tokens})")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (got {self.top_k})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not 0 <= self.min_p < 1:
+            problems.append(f"min_p must be in [0, 1) (got {self.min_p})")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if not 0 <= self.top_logprobs <= 20:
+            problems.append(f"top_logprobs must be between 0 and 20 (got {self.top_logprobs})")
+        if any(not s for s in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    text: str = ""  # new text since the previous event
+    token: int | None = None  # the generated token id, on per-token events
+    logprob: float | None = None  # log p(token) under the model's raw distribution (no sampling transforms)
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+    finish_reason: FinishReason | None = None  # set on the last event only
+    prompt_tokens: int = 0
+    prompt_processed: int = 0  # prompt tokens prefilled so far (progress of a long prefill)
+    completion_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def is_progress(self) -> bool:
+        return self.token is None and self.finish_reason is None
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_processed / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first token comes out of prefill; the decode rate counts the tokens after it.
+        steps = max(self.completion_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else 0.0

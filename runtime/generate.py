@@ -1,0 +1,92 @@
+"""Generation on the torch runtime, in two layers.
+
+`generate_steps` knows only token ids: chunked prefill into a preallocated KV cache, then one token
+per step until a stop id or the token budget. `stream_generate` turns those steps into the suite's
+one event type through runtime/streaming.py, shared with the other local backends. Nothing here
+prints.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import torch
+
+from runtime.errors import ContextLengthError
+from runtime.events import GenerationEvent, SamplingParams
+from runtime.model import CausalLM
+from runtime.sampling import sample_token
+from runtime.streaming import Step, events_from_steps
+from runtime.tokenizer import Tokenizer
+
+PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, paces progress events
+
+
+def token_budget(prompt_tokens: int, max_tokens: int, context_length: int) -> int:
+    """How many tokens may be generated; a prompt that leaves no room is an error, never truncated."""
+    if prompt_tokens >= context_length:
+        raise ContextLengthError(
+            f"the prompt is {prompt_tokens} tokens but the context holds {context_length}, leaving no room "
+            "to generate; shorten the prompt or raise --ctx (up to the model's context length)"
+        )
+    return min(max_tokens, context_length - prompt_tokens)
+
+
+def scored_step(logits: torch.Tensor, token: int, params: SamplingParams, prompt_len: int) -> Step:
+    """A token Step, with log-probabilities from the raw logits [V] when the caller asked for them."""
+    if not (params.logprobs or params.top_logprobs):
+        return Step(prompt_processed=prompt_len, token=token)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    top = ()
+    if params.top_logprobs:
+        values, indices = torch.topk(logprobs, params.top_logprobs)
+        top = tuple((int(i), float(v)) for i, v in zip(indices, values))
+    return Step(prompt_processed=prompt_len, token=token, logprob=float(logprobs[token]), top_logprobs=top)
+
+
+@torch.inference_mode()
+def generate_steps(
+    model: CausalLM,
+    prompt: list[int],
+    params: SamplingParams,
+    stop_ids: set[int],
+    context_length: int,
+    generator: torch.Generator | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+) -> Iterator[Step]:
+    """Yield prefill progress, then every sampled token (a stop id included) until done."""
+    budget = token_budget(len(prompt), params.max_tokens, context_length)
+    cache = model.new_cache(capacity=len(prompt) + budget)
+    ids = torch.tensor([prompt], dtype=torch.long)  # [1, T]
+
+    for start in range(0, len(prompt), prefill_chunk):
+        logits = model(ids[:, start : start + prefill_chunk], cache, last_logits_only=True)[0, -1]  # [V]
+        yield Step(prompt_processed=min(start + prefill_chunk, len(prompt)))
+
+    history = ids[0]
+    for i in range(budget):
+        token = sample_token(logits, params, history, generator)
+        yield scored_step(logits, token, params, len(prompt))
+        if token in stop_ids or i == budget - 1:
+            return
+        history = torch.cat([history, torch.tensor([token])])
+        logits = model(torch.tensor([[token]]), cache, last_logits_only=True)[0, -1]
+
+
+def stream_generate(
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    prompt: list[int],
+    params: SamplingParams,
+    context_length: int | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+) -> Iterator[GenerationEvent]:
+    """Generate from prompt ids, yielding GenerationEvents (see runtime/events.py)."""
+    context_length = context_length or model.config.max_position_embeddings
+    token_budget(len(prompt), params.max_tokens, context_length)  # fail now, not at the first next()
+    stop_ids = set(tokenizer.stop_token_ids) | set(params.stop_token_ids)
+    seed = params.seed if params.seed is not None else random.randrange(2**63)
+    generator = torch.Generator().manual_seed(seed)
+    steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk)
+    return events_from_steps(steps, tokenizer.decode, prompt, params, stop_ids)

@@ -1,0 +1,55 @@
+"""Next-token selection on float32 logits: penalties, temperature, top-k, top-p, min-p, then a draw.
+
+Order of the chain (as in HF transformers): repetition penalty, temperature, top-k, top-p, min-p.
+Temperature 0 is greedy and ignores the rest except the penalty.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.events import SamplingParams
+
+
+def apply_repetition_penalty(logits: torch.Tensor, recent: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: divide positive logits of recently seen tokens by `penalty`, multiply negative ones.
+
+    logits: [V] float32; recent: [N] int64 token ids (duplicates are penalised once).
+    """
+    if penalty == 1.0 or recent.numel() == 0:
+        return logits
+    logits = logits.clone()
+    seen = torch.unique(recent)
+    values = logits[seen]
+    logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p on logits [V]; filtered entries become -inf."""
+    logits = logits / params.temperature
+    if params.top_k > 0 and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token when the mass before it does.
+        drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
+        logits = logits.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
+    if params.min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, history: torch.Tensor, generator: torch.Generator | None
+) -> int:
+    """Pick the next token from logits [V] given the token history [N] (prompt and output so far)."""
+    recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
+    logits = apply_repetition_penalty(logits, recent, params.repetition_penalty)
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(filter_logits(logits, params), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
