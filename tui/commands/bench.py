@@ -1,0 +1,24 @@
+"""Run a benchmark from benchmarks/ and write its JSON results.
+
+Each benchmark is a module benchmarks/<name>.py with add_arguments(parser) and run(args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "runtime": "prefill and decode tokens/s of the torch runtime against llama.cpp on the embedded model",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, help_text in BENCHMARKS.items():
+        module = importlib.import_module(f"benchmarks.{name}")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+    return importlib.import_module(f"benchmarks.{args.benchmark}").run(args)

@@ -1,0 +1,155 @@
+"""Generate text for one prompt and stream it to stdout.
+
+Notices and prefill progress go to stderr, so stdout carries only the model's text (or, with
+--json, one JSON object), ready for a pipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from runtime.errors import MiniCPMError
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model/--backend and the load options every model-running verb shares."""
+    parser.add_argument("--model", default="default",
+                        help="'default' (embedded SmolLM2), an HF checkpoint folder, a .gguf file or a hub id")
+    parser.add_argument("--backend", choices=("torch", "gguf"), default="torch",
+                        help="torch: this project's runtime; gguf: llama.cpp (default: torch)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="torch compute dtype (auto: float32 below 2B parameters, else bfloat16)")
+    parser.add_argument("--ctx", type=int, default=None, metavar="N",
+                        help="context window in tokens, prompt plus output (default: the model's)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", help="the prompt; '-' or omitted reads it from stdin")
+    parser.add_argument("--system", help="a system message (ignored with --raw)")
+    parser.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    parser.add_argument("--template-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="pass a variable to the chat template, e.g. enable_thinking=false (repeatable)")
+    parser.add_argument("--max-tokens", type=int, default=256, metavar="N", help="most tokens to generate (256)")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (0.8)")
+    parser.add_argument("--top-k", type=int, default=40, metavar="K", help="0 turns it off (40)")
+    parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1 turns it off (0.95)")
+    parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 turns it off (0.05)")
+    parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 turns it off (1.0)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed, for a reproducible run")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    parser.add_argument("--top-logprobs", type=int, default=0, metavar="N",
+                        help="with --json, report each token's log-probability and N alternatives")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: text, token ids, counts and timings")
+    parser.add_argument("--verbose", action="store_true", help="print token counts and speeds to stderr")
+
+
+def parse_template_args(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise MiniCPMError(f"--template-arg expects KEY=VALUE with a Python-style name, got '{pair}'")
+        try:
+            values[key] = json.loads(raw)  # true/false/numbers/JSON; anything else stays a string
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt not in (None, "-"):
+        return args.prompt
+    if sys.stdin.isatty():
+        raise MiniCPMError("no prompt: pass --prompt TEXT or pipe the prompt into stdin")
+    return sys.stdin.read()
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.backends.base import load_backend
+    from runtime.events import SamplingParams
+    from tui.progress import PrefillProgress
+
+    prompt_text = read_prompt(args)
+    template_kwargs = parse_template_args(args.template_arg)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    try:
+        params = SamplingParams(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repeat_penalty,
+            seed=seed,
+            stop=tuple(args.stop),
+            logprobs=args.json and args.top_logprobs > 0,
+            top_logprobs=args.top_logprobs if args.json else 0,
+        )
+    except ValueError as exc:
+        raise MiniCPMError(f"bad sampling option: {exc}") from None
+
+    backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
+    for notice in backend.notices:
+        print(f"minicpm: note: {notice}", file=sys.stderr)
+    if args.raw:
+        prompt = backend.tokenize(prompt_text)
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt_text}
+        ]
+        prompt = backend.tokenize(backend.render_chat(messages, **template_kwargs))
+
+    pieces, tokens, logprobs = [], [], []
+    last = None
+    with PrefillProgress(enabled=not args.json) as progress:
+        for event in backend.generate_tokens(prompt, params):
+            last = event
+            if event.is_progress:
+                progress.update(event.prompt_processed, event.prompt_tokens)
+                continue
+            progress.done()
+            if event.token is not None:
+                tokens.append(event.token)
+                if params.logprobs:
+                    logprobs.append({"token": event.token, "logprob": event.logprob,
+                                     "top": [{"token": t, "logprob": lp} for t, lp in event.top_logprobs]})
+            if event.text:
+                pieces.append(event.text)
+                if not args.json:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+    if args.json:
+        result = {
+            "model": backend.model_label,
+            "backend": backend.name,
+            "text": "".join(pieces),
+            "tokens": tokens,
+            "finish_reason": last.finish_reason,
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "prefill_seconds": round(last.prefill_seconds, 4),
+            "decode_seconds": round(last.decode_seconds, 4),
+            "prefill_tokens_per_second": round(last.prefill_tokens_per_second, 2),
+            "decode_tokens_per_second": round(last.decode_tokens_per_second, 2),
+            "seed": seed,
+        }
+        if params.logprobs:
+            result["logprobs"] = logprobs
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+    if args.verbose:
+        print(
+            f"minicpm: {last.prompt_tokens} prompt tokens in {last.prefill_seconds:.2f} s "
+            f"({last.prefill_tokens_per_second:.1f} tok/s), {last.completion_tokens} generated in "
+            f"{last.decode_seconds:.2f} s ({last.decode_tokens_per_second:.1f} tok/s), "
+            f"finish: {last.finish_reason}, seed {seed}",
+            file=sys.stderr,
+        )
+    return 0
