@@ -112,7 +112,7 @@ def build_model(config: ModelConfig, weights: dict[str, torch.Tensor], dtype: to
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(config)  # buffers were created on the meta device
-    return model.eval()
+    return model.requires_grad_(False).eval()  # inference; training scripts switch grads back on
 
 
 def load_hf_checkpoint(folder: Path, dtype: torch.dtype) -> CausalLM:

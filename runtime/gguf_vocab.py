@@ -91,7 +91,7 @@ def _byte_level_bpe(metadata: dict[str, Any], tokens: list[str], source: str):
 
 
 def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[int]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers
 
     scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -115,10 +115,11 @@ def _sentencepiece_bpe(metadata: dict[str, Any], tokens: list[str], types: list[
     )
     tokenizer = Tokenizer(bpe)
     prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
-    # llama.cpp puts the space prefix before every text fragment that follows a special token.
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="always" if prefix else "never", split=False
-    )
+    # llama.cpp puts the space prefix before every text fragment that follows a special token, even
+    # one that already starts with a space; normalizers run per fragment between added tokens and
+    # do the same (the Metaspace pre-tokenizer would skip the prefix before a leading space).
+    steps = [normalizers.Prepend("▁")] if prefix else []
+    tokenizer.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "▁")])
     tokenizer.decoder = decoders.Sequence([
         decoders.Replace("▁", " "),
         decoders.ByteFallback(),

@@ -28,7 +28,9 @@ class GGUFBackend(Backend):
         self.llm = llm
         self.model_label = model_label
         self.notices: list[str] = []
-        self.context_length = llm.n_ctx()
+        # llama.cpp pads its context to a multiple of 256, but llama-cpp-python's token buffer has
+        # exactly the size asked for: that is the real limit.
+        self.context_length = len(llm.input_ids)
         meta = llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template")
         self.stop_ids = {llm.token_eos()}

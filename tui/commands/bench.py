@@ -10,6 +10,7 @@ import importlib
 
 BENCHMARKS = {
     "runtime": "prefill and decode tokens/s of the torch runtime against llama.cpp on the embedded model",
+    "parity": "agreement of the torch runtime with llama.cpp on the embedded model's weights",
 }
 
 
