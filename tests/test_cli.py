@@ -1,0 +1,164 @@
+"""`minicpm generate` and `minicpm convert` as a user runs them: output, --json, and bad input."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from test_gguf import with_unknown_quant_type, write_unsupported_architecture
+
+
+def assert_user_error(result, *words):
+    """A user mistake: non-zero exit, one `minicpm: error:` line naming the problem, no traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("minicpm: error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def test_generate_on_the_embedded_model_streams_an_answer():
+    result = run_cli("generate", "--prompt", "What is the capital of France?", "--temperature", "0", "--max-tokens", "16")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_generate_json_reports_text_tokens_counts_and_timings():
+    result = run_cli("generate", "--prompt", "Say hello.", "--max-tokens", "12", "--seed", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["text"] and out["completion_tokens"] == len(out["tokens"]) <= 12
+    assert out["prompt_tokens"] > 5 and out["prefill_seconds"] > 0 and out["decode_seconds"] >= 0
+    assert out["finish_reason"] in ("stop", "length") and out["backend"] == "torch" and out["seed"] == 5
+    again = json.loads(run_cli("generate", "--prompt", "Say hello.", "--max-tokens", "12", "--seed", "5", "--json").stdout)
+    assert again["tokens"] == out["tokens"]  # a seed reproduces a sampled run
+
+
+def test_generate_on_llama_cpp_reads_stdin_and_speaks_the_same_json():
+    result = run_cli("generate", "--backend", "gguf", "--max-tokens", "8", "--temperature", "0", "--json",
+                     input="What is the capital of France?")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["backend"] == "gguf" and out["completion_tokens"] == len(out["tokens"]) > 0
+
+
+def test_generate_raw_continues_text_without_the_chat_template(tiny_minicpm):
+    from runtime.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_hf_folder(tiny_minicpm, [])
+    result = run_cli("generate", "--model", str(tiny_minicpm), "--raw", "--prompt", "We hold",
+                     "--max-tokens", "4", "--temperature", "0", "--json")
+    out = json.loads(result.stdout)
+    assert out["prompt_tokens"] == len(tokenizer.encode("We hold"))  # BOS and the text, nothing around it
+    assert out["completion_tokens"] == 4
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "minicpm"
+    assert script.exists() or shutil.which("minicpm")
+    import subprocess
+
+    out = subprocess.run([str(script) if script.exists() else "minicpm", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "generate" in out.stdout and "convert" in out.stdout
+
+
+def checkpoint_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_config(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    (folder / "config.json").unlink()
+    assert_user_error(run_cli("generate", "--model", str(folder), "--prompt", "x"), "no config.json")
+
+
+def test_corrupt_config(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    (folder / "config.json").write_text('{"model_type": "minicpm", ')
+    assert_user_error(run_cli("generate", "--model", str(folder), "--prompt", "x"), "config.json", "not valid JSON")
+
+
+def test_missing_weights(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    (folder / "model.safetensors").unlink()
+    assert_user_error(run_cli("generate", "--model", str(folder), "--prompt", "x"), "no *.safetensors")
+
+
+def test_corrupt_weights(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 3])
+    assert_user_error(run_cli("generate", "--model", str(folder), "--prompt", "x"), "model.safetensors", "re-download")
+
+
+def test_weights_that_do_not_match_the_config(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 4
+    (folder / "config.json").write_text(json.dumps(config))
+    assert_user_error(run_cli("generate", "--model", str(folder), "--prompt", "x"), "model.layers.3")
+
+
+def test_corrupt_gguf(tiny_gguf, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[:4000])
+    assert_user_error(run_cli("generate", "--model", str(cut), "--prompt", "x"), "corrupt or truncated")
+
+
+def test_gguf_of_an_unsupported_architecture(tmp_path):
+    path = write_unsupported_architecture(tmp_path / "mamba.gguf")
+    assert_user_error(run_cli("generate", "--model", str(path), "--prompt", "x"), "mamba", "--backend gguf")
+
+
+def test_unknown_quant_type(tiny_gguf, tmp_path):
+    path = with_unknown_quant_type(tiny_gguf, tmp_path / "weird.gguf")
+    assert_user_error(run_cli("generate", "--model", str(path), "--prompt", "x"), "quantization type")
+
+
+@pytest.mark.parametrize("backend", ["torch", "gguf"])
+def test_prompt_longer_than_the_context(tiny_gguf, backend):
+    result = run_cli("generate", "--model", str(tiny_gguf), "--backend", backend, "--ctx", "16",
+                     "--prompt", "We hold these truths to be self-evident, that all men are created equal.")
+    assert_user_error(result, "the prompt is", "context holds 16")
+
+
+def test_hub_id_without_network():
+    offline = run_cli("generate", "--model", "openbmb/MiniCPM4-0.5B", "--prompt", "x", env={"HF_HUB_OFFLINE": "1"})
+    assert_user_error(offline, "openbmb/MiniCPM4-0.5B", "HF_HUB_OFFLINE")
+    # Online mode against an address where nothing listens: what a machine without network sees.
+    unreachable = run_cli("generate", "--model", "openbmb/MiniCPM4-0.5B", "--prompt", "x",
+                          env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "/tmp/minicpm-test-hf"})
+    assert_user_error(unreachable, "cannot download 'openbmb/MiniCPM4-0.5B'")
+
+
+def test_unknown_model_and_missing_path():
+    assert_user_error(run_cli("generate", "--model", "smollm", "--prompt", "x"), "unknown model 'smollm'")
+    assert_user_error(run_cli("generate", "--model", "./nowhere/model.gguf", "--prompt", "x"), "does not exist")
+
+
+def test_gguf_backend_refuses_a_checkpoint_folder(tiny_minicpm):
+    assert_user_error(run_cli("generate", "--model", str(tiny_minicpm), "--backend", "gguf", "--prompt", "x"),
+                      "minicpm convert")
+
+
+def test_bad_sampling_options_and_template_args():
+    assert_user_error(run_cli("generate", "--prompt", "x", "--top-p", "0"), "top_p")
+    assert_user_error(run_cli("generate", "--prompt", "x", "--template-arg", "no-equals"), "KEY=VALUE")
+
+
+def test_convert_refuses_to_overwrite_without_force(tiny_minicpm, tmp_path):
+    out = tmp_path / "tiny.gguf"
+    assert run_cli("convert", str(tiny_minicpm), str(out), "--outtype", "f16").returncode == 0
+    assert_user_error(run_cli("convert", str(tiny_minicpm), str(out)), "already exists", "--force")
+    assert run_cli("convert", str(tiny_minicpm), str(out), "--force", "--json").returncode == 0
+    assert not list(tmp_path.glob("*.partial"))  # no temporary file left behind
+
+
+def test_convert_of_a_folder_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("convert", str(tmp_path / "empty"), str(tmp_path / "x.gguf")), "config.json")

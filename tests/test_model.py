@@ -1,0 +1,149 @@
+"""Invariants of the model file on tiny random MiniCPM4 checkpoints (in the spirit of transformers'
+MiniCPM tests): weight names, each muP scale, float32 RoPE, LongRoPE, cache and dtype behaviour."""
+
+import math
+
+import pytest
+import torch
+
+from runtime.checkpoint import build_model, load_hf_checkpoint, load_hf_config, read_safetensors, safetensors_files
+from runtime.convert import permute_rope_rows
+from runtime.gguf_model import unpermute_rope_rows
+from runtime.model import KVCache, RotaryEmbedding, apply_rope
+
+
+@pytest.fixture(scope="module")
+def model(tiny_minicpm):
+    return load_hf_checkpoint(tiny_minicpm, torch.float32)
+
+
+def ids(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 500, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_weight_names_are_exactly_the_hf_checkpoint_names(model, tiny_minicpm):
+    stored = set(read_safetensors(safetensors_files(tiny_minicpm)))
+    assert set(model.state_dict()) == stored
+    assert "model.layers.2.self_attn.q_proj.weight" in stored and "lm_head.weight" in stored
+
+
+def test_tied_head_shares_the_embedding(tiny_minicpm_tied):
+    tied = load_hf_checkpoint(tiny_minicpm_tied, torch.float32)
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
+
+
+def test_embedding_is_multiplied_by_scale_emb(model):
+    seen = {}
+    handle = model.model.layers[0].register_forward_pre_hook(lambda mod, args: seen.update(h0=args[0]))
+    x = ids(5)
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    assert model.config.scale_emb == 12
+    torch.testing.assert_close(seen["h0"], model.model.embed_tokens(x) * 12)
+
+
+def test_residual_branches_are_scaled_by_scale_depth_over_sqrt_layers(model):
+    layer = model.model.layers[1]
+    expected_scale = 1.4 / math.sqrt(3)
+    assert layer.residual_scale == pytest.approx(expected_scale)
+    h = torch.randn(1, 6, 128)
+    cos, sin = model.rotary(torch.arange(6), 6)
+    attn = layer.self_attn(layer.input_layernorm(h), cos, sin, 1, None, 0)
+    mid = h + attn * expected_scale
+    expected = mid + layer.mlp(layer.post_attention_layernorm(mid)) * expected_scale
+    torch.testing.assert_close(layer(h, cos, sin, None, 0), expected)
+
+
+def test_logits_are_lm_head_of_normed_state_over_hidden_per_dim_model_base(model):
+    seen = {}
+    handle = model.model.norm.register_forward_hook(lambda mod, args, out: seen.update(h=out))
+    try:
+        logits = model(ids(4))
+    finally:
+        handle.remove()
+    assert model.config.logit_divisor == pytest.approx(128 / 32)
+    torch.testing.assert_close(logits, model.lm_head(seen["h"] / 4.0))
+    assert logits.dtype == torch.float32
+
+
+def test_rope_is_computed_in_float32_for_bfloat16_models(tiny_minicpm):
+    config = load_hf_config(tiny_minicpm)
+    cos, sin = RotaryEmbedding(config)(torch.arange(300), 300)
+    assert cos.dtype == sin.dtype == torch.float32
+    x = torch.randn(1, 4, 300, 32).to(torch.bfloat16)
+    half = x.float().chunk(2, dim=-1)
+    expected = (x.float() * cos + torch.cat((-half[1], half[0]), -1) * sin).to(torch.bfloat16)
+    assert torch.equal(apply_rope(x, cos, sin), expected)  # not rounded through bf16 tables
+
+
+def test_longrope_picks_factors_by_sequence_length_and_scales_cos_sin(tiny_minicpm):
+    config = load_hf_config(tiny_minicpm)
+    rope = RotaryEmbedding(config)
+    scaling = config.rope_scaling
+    factor = math.sqrt(1 + math.log(1024 / 256) / math.log(256))
+    assert config.rope_attention_factor == pytest.approx(factor)
+    positions = torch.tensor([0, 1, 100])
+    for seq_len, key in ((256, "short_factor"), (257, "long_factor")):
+        cos, _ = rope(positions, seq_len)
+        # Reference in float64, upstream's order: (pos / ext) * inv_freq.
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 32, 2, dtype=torch.float64) / 32))
+        ext = torch.tensor(scaling[key], dtype=torch.float64)
+        freqs = (positions.double()[:, None] / ext) * inv_freq
+        expected = torch.cat((freqs, freqs), -1).cos() * factor
+        torch.testing.assert_close(cos.double(), expected, atol=1e-5, rtol=1e-5)
+    assert rope(torch.tensor([0]), 10)[0][0, 0] == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("length", [40, 300])  # under and over original_max_position_embeddings (256)
+def test_cached_decoding_equals_an_uncached_forward(model, length):
+    x = ids(length, seed=length)
+    full = model(x)  # [1, T, V]
+    cache = model.new_cache(capacity=length)
+    pieces = [model(x[:, :23], cache)]  # chunked prefill, an odd chunk size
+    pieces.append(model(x[:, 23:30], cache))
+    for t in range(30, length):  # then one token at a time
+        pieces.append(model(x[:, t : t + 1], cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-5)
+    assert cache.length == length
+
+
+def test_last_logits_only_matches_the_full_forward(model):
+    x = ids(12)
+    torch.testing.assert_close(model(x, last_logits_only=True), model(x)[:, -1:])
+
+
+def test_a_batch_equals_its_sequences_run_alone(model):
+    a, b = ids(16, 1), ids(16, 2)
+    batched = model(torch.cat([a, b]))
+    torch.testing.assert_close(batched[0:1], model(a), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1:2], model(b), atol=2e-5, rtol=1e-5)
+
+
+def test_cache_refuses_to_overflow(model):
+    cache = model.new_cache(capacity=8)
+    model(ids(6), cache)
+    with pytest.raises(ValueError, match="holds 8 positions"):
+        model(ids(3), cache)
+    cache.truncate(2)
+    assert cache.length == 2
+    assert isinstance(cache, KVCache)
+
+
+def test_bfloat16_stays_close_to_float32(embedded_torch, english_text):
+    """On the embedded model's real weights: same greedy choices, logits within bf16 noise."""
+    f32 = embedded_torch.model
+    bf16 = build_model(f32.config, {k: v.clone() for k, v in f32.state_dict().items()}, torch.bfloat16)
+    x = torch.tensor([embedded_torch.tokenizer.encode(english_text)[:256]])
+    with torch.inference_mode():
+        a, b = f32(x)[0], bf16(x)[0]
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+    assert ((a - b).abs().mean() / a.std()) < 0.05
+
+
+def test_llama_cpp_row_permutation_round_trips():
+    w = torch.randn(4 * 32, 128)
+    permuted = permute_rope_rows(w, 4)
+    assert not torch.equal(permuted, w)
+    assert torch.equal(unpermute_rope_rows(permuted, 4), w)
