@@ -147,3 +147,21 @@ def test_llama_cpp_row_permutation_round_trips():
     permuted = permute_rope_rows(w, 4)
     assert not torch.equal(permuted, w)
     assert torch.equal(unpermute_rope_rows(permuted, 4), w)
+
+
+def test_a_sharded_checkpoint_loads_like_a_single_file(tmp_path, model):
+    from tiny_checkpoint import make_checkpoint
+
+    sharded = load_hf_checkpoint(make_checkpoint(tmp_path / "sharded", shards=3), torch.float32)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    x = ids(10)
+    torch.testing.assert_close(sharded(x), model(x))
+
+
+def test_every_eos_id_of_the_config_stops_generation(tiny_minicpm):
+    """MiniCPM4 stops on [2, 73440]; the tiny config has two EOS ids the same way."""
+    from runtime.loading import load_torch_model
+
+    loaded = load_torch_model(str(tiny_minicpm), dtype="float32")
+    assert set(loaded.config.eos_token_id) == {2, loaded.config.vocab_size - 1}
+    assert set(loaded.config.eos_token_id) <= loaded.tokenizer.stop_token_ids
