@@ -18,14 +18,13 @@ Writes benchmarks/results/parity.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
-TEXT = Path(__file__).parent / "data" / "english_prose.txt"
+from benchmarks.common import ENGLISH_TEXT, RESULTS, script_main, write_json
+
 PROMPTS = [
     "What is the capital of France?",
     "Write a short poem about the sea.",
@@ -112,7 +111,7 @@ def measure(text_tokens: int = 800) -> dict:
     from runtime.loading import load_torch_model
 
     loaded = load_torch_model("default", dtype="float32")
-    ids = loaded.tokenizer.encode(TEXT.read_text(encoding="utf-8"))[:text_tokens]
+    ids = loaded.tokenizer.encode(ENGLISH_TEXT.read_text(encoding="utf-8"))[:text_tokens]
     ours = torch_logits(loaded.model, ids)
     n_ctx = max(len(ids), 512) + GREEDY_TOKENS
     result = {"model": loaded.source.label, "text_tokens": len(ids)}
@@ -143,10 +142,7 @@ def measure(text_tokens: int = 800) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     result = measure(args.tokens)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"text: {result['text_tokens']} tokens")
     print(f"f32 weights:  argmax agreement {result['f32']['argmax_agreement']:.4f}, "
           f"max |logit diff| {result['f32']['max_abs_logit_diff']:.2e}, greedy "
@@ -154,11 +150,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"Q4_1 file:    argmax agreement {result['q4_1']['argmax_agreement']:.4f}, greedy "
           f"{[g['agreeing_tokens'] for g in result['q4_1']['greedy']]} of {GREEDY_TOKENS}")
     print(f"llama.cpp vs itself (f16 vs f32 KV cache): {result['llama_cpp_self']['argmax_agreement_f16kv_vs_f32kv']:.4f}")
-    print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    raise SystemExit(run(parser.parse_args()))
+    import sys
+
+    script_main(sys.modules[__name__])

@@ -11,15 +11,13 @@ Writes benchmarks/results/runtime.json (or --out) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-TEXT = Path(__file__).parent / "data" / "english_prose.txt"
+from benchmarks.common import ENGLISH_TEXT, RESULTS, script_main, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prompt_ids(tokenize, length: int) -> list[int]:
-    ids = tokenize(TEXT.read_text(encoding="utf-8"))
+    ids = tokenize(ENGLISH_TEXT.read_text(encoding="utf-8"))
     while len(ids) < length:
         ids = ids + ids
     return ids[:length]
@@ -132,15 +130,11 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"repeats": args.repeats, "decode_tokens": args.decode_tokens, "statistic": "median"},
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    raise SystemExit(run(parser.parse_args()))
+    import sys
+
+    script_main(sys.modules[__name__])

@@ -99,7 +99,7 @@ def tokenizer_metadata(folder: Path, config: ModelConfig) -> dict:
     for piece, i in vocab.items():
         tokens[i], types[i] = piece, NORMAL
     unk = model.get("unk_token")
-    for content, tok in added.items():
+    for tok in added.values():
         types[tok["id"]] = CONTROL if tok.get("special") else USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
 
@@ -181,11 +181,8 @@ def convert_hf_to_gguf(
     import gguf
     from safetensors import safe_open
 
-    if outtype not in OUT_TYPES:
-        raise UnsupportedModelError(f"unknown --outtype '{outtype}' (choose one of: {', '.join(OUT_TYPES)})")
     folder, out_path = Path(folder), Path(out_path)
-    if out_path.exists() and not force:
-        raise ModelLoadError(f"{out_path} already exists; pass --force to overwrite it or choose another name")
+    _check_output(out_path, outtype, force)
     if not folder.is_dir():
         raise ModelLoadError(f"{folder} is not a folder; pass the HF checkpoint folder (config.json, *.safetensors)")
     config = load_hf_config(folder)
@@ -246,11 +243,8 @@ def retype_gguf(
 
     from runtime.gguf_model import GGUFModelFile
 
-    if outtype not in OUT_TYPES:
-        raise UnsupportedModelError(f"unknown --outtype '{outtype}' (choose one of: {', '.join(OUT_TYPES)})")
     src, out_path = Path(src), Path(out_path)
-    if out_path.exists() and not force:
-        raise ModelLoadError(f"{out_path} already exists; pass --force to overwrite it or choose another name")
+    _check_output(out_path, outtype, force)
     source = GGUFModelFile(src)
     plan = []
     for t in source.reader.tensors:
@@ -270,6 +264,13 @@ def retype_gguf(
 
     _write_gguf(out_path, source.architecture, metadata, plan, lambda t, _: source._dequantize(t), progress)
     return out_path
+
+
+def _check_output(out_path: Path, outtype: str, force: bool) -> None:
+    if outtype not in OUT_TYPES:
+        raise UnsupportedModelError(f"unknown --outtype '{outtype}' (choose one of: {', '.join(OUT_TYPES)})")
+    if out_path.exists() and not force:
+        raise ModelLoadError(f"{out_path} already exists; pass --force to overwrite it or choose another name")
 
 
 def _write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress) -> None:

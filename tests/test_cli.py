@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from test_gguf import with_unknown_quant_type, write_unsupported_architecture
 

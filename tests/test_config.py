@@ -3,10 +3,10 @@
 import math
 
 import pytest
+from tiny_checkpoint import tiny_config
 
 from runtime.config import SparseConfig, config_from_hf
 from runtime.errors import ModelLoadError, UnsupportedModelError
-from tiny_checkpoint import tiny_config
 
 
 def minicpm4_8b() -> dict:

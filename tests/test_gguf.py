@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoint import make_checkpoint
 
 from benchmarks.parity import llama, llama_logits, torch_logits
 from runtime.checkpoint import read_safetensors, safetensors_files
@@ -12,7 +13,6 @@ from runtime.convert import convert_hf_to_gguf
 from runtime.errors import ModelLoadError, UnsupportedModelError
 from runtime.gguf_model import GGUFModelFile
 from runtime.loading import load_torch_model
-from tiny_checkpoint import make_checkpoint
 
 # Relative RMS error of decoded weights against the float originals, per type (Gaussian weights).
 # A decoding mistake (wrong block layout, shape order or q/k permutation) gives about 1.4.

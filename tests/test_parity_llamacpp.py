@@ -7,9 +7,9 @@ checkpoints: saved as HF safetensors, exported with `minicpm convert`, loaded by
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from benchmarks.parity import GREEDY_TOKENS, llama, llama_logits, measure, torch_logits
-from conftest import run_cli
 from runtime.loading import load_torch_model
 
 # Tolerance for float32 logits of the tiny models, relative to the spread (standard deviation) of

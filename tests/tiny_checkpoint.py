@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-# The same public-domain English text the runtime benchmark reads.
-ENGLISH_TEXT = Path(__file__).parents[1] / "benchmarks" / "data" / "english_prose.txt"
+from benchmarks.common import ENGLISH_TEXT  # the same public-domain English text the benchmarks read
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
     "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
