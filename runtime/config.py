@@ -144,10 +144,20 @@ class ModelConfig:
     # Validation -----------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ModelLoadError(f"config field {name} must be a positive integer, got {value!r}")
+        for name in ("rms_norm_eps", "rope_theta", "scale_emb", "scale_depth", "dim_model_base"):
+            value = getattr(self, name)
+            if value is None and name not in ("rms_norm_eps", "rope_theta"):
+                continue  # an absent muP scale means identity (Llama)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ModelLoadError(f"config field {name} must be a positive number, got {value!r}")
+        for token in self.eos_token_id + [t for t in (self.bos_token_id,) if t is not None]:
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise ModelLoadError(f"config token ids must be integers, got {token!r}")
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "

@@ -11,7 +11,6 @@ its weights in memory. The output appears under its final name only when complet
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -64,9 +63,9 @@ def _pre_tokenizer_name(pre: dict | None) -> str:
     def is_bytelevel(p, use_regex):
         return p.get("type") == "ByteLevel" and p.get("use_regex", True) == use_regex
 
-    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    steps = _steps(pre) or [{}]
     if len(steps) == 1 and is_bytelevel(steps[0], True):
-        return "gpt2"
+        return "gpt-2"
     if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") and is_bytelevel(steps[1], True):
         return "smollm"
     if len(steps) == 2 and steps[0].get("type") == "Split" and is_bytelevel(steps[1], False):
@@ -77,10 +76,30 @@ def _pre_tokenizer_name(pre: dict | None) -> str:
             if len(regexes) == 1 and name in ("llama-bpe", "qwen2") and regex.endswith(tail):
                 return name
     raise UnsupportedModelError(
-        "the tokenizer's pre-tokenizer is not one llama.cpp knows by name (supported: gpt2, smollm, "
+        "the tokenizer's pre-tokenizer is not one llama.cpp knows by name (supported: gpt-2, smollm, "
         "llama-bpe, qwen2, and SentencePiece-style byte-fallback BPE); convert it with llama.cpp's "
         "convert_hf_to_gguf.py instead"
     )
+
+
+def _steps(node: dict | None) -> list[dict]:
+    """The steps of a tokenizer.json normalizer or pre-tokenizer, Sequences flattened."""
+    if not node:
+        return []
+    if node.get("type") == "Sequence":
+        children = node.get("normalizers") or node.get("pretokenizers") or []
+        return [step for child in children for step in _steps(child)]
+    return [node]
+
+
+def _prepends_space(data: dict) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts '▁' before the text (GGUF add_space_prefix)."""
+    if any(s.get("type") == "Prepend" and s.get("prepend") == "▁" for s in _steps(data.get("normalizer"))):
+        return True
+    for step in _steps(data.get("pre_tokenizer")):
+        if step.get("type") == "Metaspace":  # newer files say prepend_scheme, older add_prefix_space
+            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+    return False
 
 
 def tokenizer_metadata(folder: Path, config: ModelConfig) -> dict:
@@ -114,8 +133,7 @@ def tokenizer_metadata(folder: Path, config: ModelConfig) -> dict:
                 types[i] = BYTE
             elif piece == unk:
                 types[i] = UNKNOWN
-        dump = json.dumps([data.get("normalizer"), data.get("pre_tokenizer")])
-        meta["add_space_prefix"] = '"prepend": "\\u2581"' in dump or '"prepend_scheme": "always"' in dump or '"prepend_scheme": "first"' in dump
+        meta["add_space_prefix"] = _prepends_space(data)
     else:
         meta["model"] = "gpt2"
         meta["pre"] = _pre_tokenizer_name(data.get("pre_tokenizer"))
@@ -134,8 +152,13 @@ def tokenizer_metadata(folder: Path, config: ModelConfig) -> dict:
     meta["eos"] = special_id("eos_token", config.eos_token_id[0] if config.eos_token_id else None)
     meta["unk"] = vocab.get(unk) if unk else None
     meta["pad"] = special_id("pad_token", config.pad_token_id)
-    post = json.dumps(data.get("post_processor"))
-    meta["add_bos"] = bool(cfg.get("add_bos_token", meta["bos"] is not None and tokens[meta["bos"]] in post))
+    if "add_bos_token" in cfg:
+        meta["add_bos"] = bool(cfg["add_bos_token"])
+    else:  # does the tokenizer's own template for a single text start with the BOS token?
+        post = data.get("post_processor") or {}
+        processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+        firsts = [p["single"][0].get("SpecialToken", {}).get("id") for p in processors if p.get("single")]
+        meta["add_bos"] = meta["bos"] is not None and tokens[meta["bos"]] in firsts
     template = cfg.get("chat_template")
     if isinstance(template, list):
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)

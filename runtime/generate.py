@@ -64,13 +64,13 @@ def generate_steps(
         logits = model(ids[:, start : start + prefill_chunk], cache, last_logits_only=True)[0, -1]  # [V]
         yield Step(prompt_processed=min(start + prefill_chunk, len(prompt)))
 
-    history = ids[0]
+    history = list(prompt)
     for i in range(budget):
         token = sample_token(logits, params, history, generator)
         yield scored_step(logits, token, params, len(prompt))
         if token in stop_ids or i == budget - 1:
             return
-        history = torch.cat([history, torch.tensor([token])])
+        history.append(token)
         logits = model(torch.tensor([[token]]), cache, last_logits_only=True)[0, -1]
 
 

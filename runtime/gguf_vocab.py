@@ -22,8 +22,9 @@ from runtime.errors import UnsupportedModelError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+# Keyed by llama.cpp's names for them (llama-vocab.cpp).
 PRE_TOKENIZER_REGEXES = {
-    "gpt2": [GPT2_REGEX],
+    "gpt-2": [GPT2_REGEX],
     "smollm": [r"\p{N}", GPT2_REGEX],
     "llama-bpe": [
         r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -70,9 +71,8 @@ def _add_special_tokens(tokenizer, tokens: list[str], types: list[int]) -> None:
 def _byte_level_bpe(metadata: dict[str, Any], tokens: list[str], source: str):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    pre = metadata.get("tokenizer.ggml.pre") or "gpt2"
-    if pre == "default":
-        pre = "gpt2"
+    pre = metadata.get("tokenizer.ggml.pre") or "default"
+    pre = {"default": "gpt-2", "llama3": "llama-bpe", "llama-v3": "llama-bpe"}.get(pre, pre)
     if pre not in PRE_TOKENIZER_REGEXES:
         raise UnsupportedModelError(
             f"{source} uses the pre-tokenizer '{pre}', which the torch runtime cannot reproduce exactly "

@@ -44,12 +44,6 @@ class KVCache:
         self.capacity = capacity
         self.length = 0  # positions [0, length) hold valid keys
 
-    def truncate(self, length: int) -> None:
-        """Forget every position from `length` on (keeps a shared prefix for the next turn)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
-        self.length = length
-
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):

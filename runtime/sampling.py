@@ -44,11 +44,12 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample_token(
-    logits: torch.Tensor, params: SamplingParams, history: torch.Tensor, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None
 ) -> int:
-    """Pick the next token from logits [V] given the token history [N] (prompt and output so far)."""
-    recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
-    logits = apply_repetition_penalty(logits, recent, params.repetition_penalty)
+    """Pick the next token from logits [V] given the token history (prompt and output so far)."""
+    if params.repetition_penalty != 1.0:
+        recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
+        logits = apply_repetition_penalty(logits, torch.tensor(recent, dtype=torch.long), params.repetition_penalty)
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(filter_logits(logits, params), dim=-1)

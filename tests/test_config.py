@@ -68,6 +68,8 @@ def test_longrope_attention_factor_when_context_is_extended():
         ({"quantization_config": {"quant_method": "gptq"}}, UnsupportedModelError, "gptq"),
         ({"sparse_config": {"topk": "many"}}, ModelLoadError, "sparse_config.topk"),
         ({"hidden_size": None}, ModelLoadError, "hidden_size"),
+        ({"rms_norm_eps": "1e-6"}, ModelLoadError, "rms_norm_eps"),
+        ({"eos_token_id": [2, "73440"]}, ModelLoadError, "token ids"),
     ],
 )
 def test_configs_the_model_cannot_honour_fail_loudly(change, error, words):

@@ -61,7 +61,7 @@ def test_sampling_draws_from_the_softmax():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
     gen = torch.Generator().manual_seed(0)
     params = SamplingParams(temperature=1.0)
-    draws = torch.tensor([sample_token(logits, params, torch.tensor([], dtype=torch.long), gen) for _ in range(20000)])
+    draws = torch.tensor([sample_token(logits, params, [], gen) for _ in range(20000)])
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, torch.softmax(logits, 0), atol=0.01, rtol=0)
 

@@ -94,3 +94,21 @@ def test_embedded_chat_template_renders_its_default_system_prompt(embedded_tok):
     text = embedded_tok.render_chat([{"role": "user", "content": "Hi"}])
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "smollm"])
+def test_byte_level_tokenizers_convert_to_ggufs_that_llama_cpp_reads_alike(tmp_path, kind):
+    """`minicpm convert` names the pre-tokenizer so that llama.cpp splits text as tokenizer.json does."""
+    from runtime.convert import convert_hf_to_gguf
+    from tiny_checkpoint import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / kind, minicpm=False, tokenizer=kind)
+    out = convert_hf_to_gguf(folder, tmp_path / f"{kind}.gguf", outtype="f16")
+    gguf_file = GGUFModelFile(out)
+    assert gguf_file.metadata["tokenizer.ggml.pre"] == {"gpt2": "gpt-2"}.get(kind, kind)
+    hf = Tokenizer.from_hf_folder(folder, [2])
+    rebuilt = Tokenizer.from_gguf(gguf_file.metadata, out.name, [2])
+    vocab = llama_vocab(out)
+    for text in SAMPLES:
+        expected = vocab.tokenize(text.encode(), add_bos=False, special=True)
+        assert hf.encode(text) == expected == rebuilt.encode(text), text

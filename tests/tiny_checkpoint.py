@@ -29,8 +29,14 @@ def training_text() -> str:
     return ENGLISH_TEXT.read_text(encoding="utf-8")
 
 
-def write_tokenizer(folder: Path, vocab_size: int = 600) -> int:
-    """A byte-fallback BPE tokenizer.json + tokenizer_config.json; returns the vocabulary size."""
+def write_tokenizer(folder: Path, vocab_size: int = 600, kind: str = "sentencepiece") -> int:
+    """tokenizer.json + tokenizer_config.json; returns the vocabulary size.
+
+    kind: "sentencepiece" (byte-fallback BPE, like MiniCPM4's), or a byte-level BPE with GPT-2's
+    pre-tokenizer ("gpt2") or with digits split one by one first ("smollm", like SmolLM2's).
+    """
+    if kind != "sentencepiece":
+        return write_byte_level_tokenizer(folder, vocab_size, digits=(kind == "smollm"))
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
@@ -48,6 +54,23 @@ def write_tokenizer(folder: Path, vocab_size: int = 600) -> int:
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in BYTES]
     (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True, "chat_template": CHATML}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return tok.get_vocab_size(with_added_tokens=True)
+
+
+def write_byte_level_tokenizer(folder: Path, vocab_size: int, digits: bool) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if digits else byte_level
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(training_text().splitlines(), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False, "chat_template": CHATML}
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return tok.get_vocab_size(with_added_tokens=True)
 
@@ -120,10 +143,13 @@ def random_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return w
 
 
-def make_checkpoint(folder: Path, *, minicpm: bool = True, tied: bool = False, shards: int = 1, seed: int = 0, **overrides) -> Path:
+def make_checkpoint(
+    folder: Path, *, minicpm: bool = True, tied: bool = False, shards: int = 1, seed: int = 0,
+    tokenizer: str = "sentencepiece", **overrides,
+) -> Path:
     """Write config.json, safetensors (optionally sharded with an index) and the tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(folder)
+    vocab = write_tokenizer(folder, kind=tokenizer)
     config = tiny_config(vocab, minicpm=minicpm, tied=tied, **overrides)
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     weights = random_weights(config, seed)
