@@ -22,6 +22,10 @@ CHATML_TEMPLATE = (
 )
 
 
+# Variables the suite always passes to a template; a caller's switch may not override them.
+RESERVED = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"}
+
+
 class ChatTemplateError(MiniCPMError):
     """The template cannot be compiled or refuses the messages it was given."""
 
@@ -52,6 +56,13 @@ def _compile(source: str):
         raise ChatTemplateError(f"the model's chat template does not compile ({exc}); fix or replace it") from None
 
 
+def check_template_kwargs(template_kwargs: dict[str, Any]) -> None:
+    """Refuse switches that would override what the suite itself passes to every template."""
+    taken = sorted(set(template_kwargs) & RESERVED)
+    if taken:
+        raise ChatTemplateError(f"template variable(s) {', '.join(taken)} are set by the suite itself; pass other names")
+
+
 def render_chat(
     template: str | None,
     messages: list[dict[str, Any]],
@@ -65,6 +76,7 @@ def render_chat(
     """Render messages (OpenAI shape: role, content, ...) into the model's prompt text."""
     from jinja2.exceptions import TemplateError
 
+    check_template_kwargs(template_kwargs)
     compiled = _compile(template or CHATML_TEMPLATE)
     try:
         return compiled.render(

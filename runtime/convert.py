@@ -21,7 +21,7 @@ import torch
 
 from runtime.checkpoint import load_hf_config, read_json, safetensors_files
 from runtime.config import ModelConfig
-from runtime.errors import ModelLoadError, UnsupportedModelError
+from runtime.errors import MiniCPMError, ModelLoadError, UnsupportedModelError
 from runtime.gguf_model import GLOBAL_TENSORS, LAYER_TENSORS
 
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -290,10 +290,19 @@ def retype_gguf(
 
 
 def _check_output(out_path: Path, outtype: str, force: bool) -> None:
+    """Refuse a bad output before any work: conversions of large models take minutes."""
     if outtype not in OUT_TYPES:
         raise UnsupportedModelError(f"unknown --outtype '{outtype}' (choose one of: {', '.join(OUT_TYPES)})")
+    if out_path.is_dir():
+        raise MiniCPMError(f"{out_path} is a folder; name the .gguf file to write, e.g. {out_path / 'model.gguf'}")
     if out_path.exists() and not force:
-        raise ModelLoadError(f"{out_path} already exists; pass --force to overwrite it or choose another name")
+        raise MiniCPMError(f"{out_path} already exists; pass --force to overwrite it or choose another name")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MiniCPMError(f"cannot create the folder for {out_path}: {exc.strerror}") from None
+    if not os.access(out_path.parent, os.W_OK):
+        raise MiniCPMError(f"cannot write into {out_path.parent} (permission denied); choose another location")
 
 
 def _write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress) -> None:
@@ -305,8 +314,10 @@ def _write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress
     """
     import gguf
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".partial", dir=out_path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".partial", dir=out_path.parent)
+    except OSError as exc:
+        raise MiniCPMError(f"cannot write {out_path}: {exc.strerror}") from None
     os.close(fd)
     try:
         writer = gguf.GGUFWriter(tmp_name, arch)
@@ -326,6 +337,9 @@ def _write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress
                 progress(done, len(plan), name)
         writer.close()
         os.replace(tmp_name, out_path)
+    except OSError as exc:  # disk full, file system gone: say so, leave nothing half-written
+        Path(tmp_name).unlink(missing_ok=True)
+        raise MiniCPMError(f"writing {out_path} failed: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

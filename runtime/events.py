@@ -14,10 +14,13 @@ Every event carries the running usage and timing, so a consumer can stop reading
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 FinishReason = Literal["stop", "length"]
+# Seeds are 32-bit in llama.cpp, whose 0xFFFFFFFF means "pick one at random": one range for all backends.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,18 @@ class SamplingParams:
         problems = []
         if self.max_tokens < 1:
             problems.append(f"max_tokens must be at least 1 (got {self.max_tokens})")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            problems.append(f"temperature must be a number >= 0 (got {self.temperature})")
         if self.top_k < 0:
             problems.append(f"top_k must be >= 0 (got {self.top_k})")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
         if not 0 <= self.min_p < 1:
             problems.append(f"min_p must be in [0, 1) (got {self.min_p})")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            problems.append(f"repetition_penalty must be a number > 0 (got {self.repetition_penalty})")
+        if self.seed is not None and not 0 <= self.seed < MAX_SEED:
+            problems.append(f"seed must be between 0 and {MAX_SEED - 1} (got {self.seed})")
         if not 0 <= self.top_logprobs <= 20:
             problems.append(f"top_logprobs must be between 0 and 20 (got {self.top_logprobs})")
         if any(not s for s in self.stop):

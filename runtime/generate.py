@@ -13,24 +13,13 @@ from collections.abc import Iterator
 
 import torch
 
-from runtime.errors import ContextLengthError
-from runtime.events import GenerationEvent, SamplingParams
+from runtime.events import MAX_SEED, GenerationEvent, SamplingParams
 from runtime.model import CausalLM
 from runtime.sampling import sample_token
-from runtime.streaming import Step, events_from_steps
+from runtime.streaming import Step, events_from_steps, token_budget
 from runtime.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, paces progress events
-
-
-def token_budget(prompt_tokens: int, max_tokens: int, context_length: int) -> int:
-    """How many tokens may be generated; a prompt that leaves no room is an error, never truncated."""
-    if prompt_tokens >= context_length:
-        raise ContextLengthError(
-            f"the prompt is {prompt_tokens} tokens but the context holds {context_length}, leaving no room "
-            "to generate; shorten the prompt or raise --ctx (up to the model's context length)"
-        )
-    return min(max_tokens, context_length - prompt_tokens)
 
 
 def scored_step(logits: torch.Tensor, token: int, params: SamplingParams, prompt_len: int) -> Step:
@@ -57,7 +46,7 @@ def generate_steps(
 ) -> Iterator[Step]:
     """Yield prefill progress, then every sampled token (a stop id included) until done."""
     budget = token_budget(len(prompt), params.max_tokens, context_length)
-    cache = model.new_cache(capacity=len(prompt) + budget)
+    cache = model.new_cache(capacity=len(prompt) + budget, rope_length=context_length)
     ids = torch.tensor([prompt], dtype=torch.long)  # [1, T]
 
     for start in range(0, len(prompt), prefill_chunk):
@@ -86,7 +75,7 @@ def stream_generate(
     context_length = context_length or model.config.max_position_embeddings
     token_budget(len(prompt), params.max_tokens, context_length)  # fail now, not at the first next()
     stop_ids = set(tokenizer.stop_token_ids) | set(params.stop_token_ids)
-    seed = params.seed if params.seed is not None else random.randrange(2**63)
+    seed = params.seed if params.seed is not None else random.randrange(MAX_SEED)
     generator = torch.Generator().manual_seed(seed)
     steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk)
     return events_from_steps(steps, tokenizer.decode, prompt, params, stop_ids)

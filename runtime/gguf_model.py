@@ -134,7 +134,10 @@ class GGUFModelFile:
 
         rope_scaling = None
         scaling_type = self.get("rope.scaling.type")
-        if scaling_type == "longrope":
+        has_factors = any(name in self.tensors for name in ("rope_factors_long.weight", "rope_factors_short.weight"))
+        # Older MiniCPM GGUFs carry the LongRoPE factor tensors without the scaling-type key; the
+        # tensors are what llama.cpp used then, so they mean LongRoPE here too.
+        if scaling_type == "longrope" or (has_factors and scaling_type in (None, "none", "linear")):
             half = head_dim // 2
             long = self._float_tensor("rope_factors_long.weight", np.ones(half, np.float32))
             short = self._float_tensor("rope_factors_short.weight", np.ones(half, np.float32))

@@ -22,7 +22,8 @@ class LoadedModel:
     model: CausalLM
     tokenizer: Tokenizer
     source: ModelSource
-    notices: list[str] = field(default_factory=list)  # things the CLI tells the user on stderr
+    notices: list[str] = field(default_factory=list)  # what the user must know, always shown
+    details: list[str] = field(default_factory=list)  # how it was loaded, shown with --verbose
 
     @property
     def config(self) -> ModelConfig:
@@ -47,10 +48,16 @@ def choose_dtype(name: str, config: ModelConfig) -> torch.dtype:
 
 def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
     """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime."""
-    from runtime.checkpoint import build_model, load_hf_config, read_safetensors, safetensors_files
+    from runtime.checkpoint import (
+        build_model,
+        load_hf_config,
+        read_safetensors,
+        safetensors_files,
+    )
 
     source = resolve_model(ref)
     notices: list[str] = []
+    details: list[str] = []
     if source.format == "gguf":
         from runtime.gguf_model import GGUFModelFile
 
@@ -61,7 +68,7 @@ def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
         model = build_model(config, gguf_file.weights(config, torch_dtype), torch_dtype)
         quantized = sorted({t.tensor_type.name for t in gguf_file.tensors.values()} - {"F32", "F16", "BF16"})
         if quantized:
-            notices.append(
+            details.append(
                 f"{', '.join(quantized)} weights dequantized to {str(torch_dtype).removeprefix('torch.')} "
                 "for the torch runtime (llama.cpp keeps them quantized: --backend gguf)"
             )
@@ -75,4 +82,5 @@ def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
             "config.json carries sparse_config, but InfLLM v2 sparse attention is not in this runtime yet: "
             "running dense attention (exact, slower at long context)"
         )
-    return LoadedModel(model, tokenizer, source, notices)
+    details.append(f"torch runtime in {str(model.dtype).removeprefix('torch.')}")
+    return LoadedModel(model, tokenizer, source, notices, details)

@@ -31,17 +31,20 @@ from runtime.config import ModelConfig
 class KVCache:
     """Preallocated keys and values for every layer of one batch of sequences.
 
-    `capacity` is fixed at allocation: it is the longest sequence this cache can hold, and it is
-    also the sequence length that picks LongRoPE's short or long factors for every token written
-    here. Fixing the choice per sequence (as llama.cpp does with n_ctx) means cached keys never mix
-    the two rotations, so cached decoding equals one uncached forward over the same length.
+    `capacity` is the most positions it holds. `rope_length` is the sequence length that picks
+    LongRoPE's short or long factors for every token written here; generation passes the context
+    window (as llama.cpp does with n_ctx, and as upstream's HF code does with its cos/sin cache
+    sized to max_position_embeddings), so the choice does not depend on how many tokens are asked
+    for, and cached keys never mix the two rotations.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype, device="cpu"):
+    def __init__(self, config: ModelConfig, batch_size: int, capacity: int, dtype: torch.dtype,
+                 device="cpu", rope_length: int | None = None):
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, capacity, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.capacity = capacity
+        self.rope_length = rope_length or capacity
         self.length = 0  # positions [0, length) hold valid keys
 
 
@@ -201,25 +204,28 @@ class CausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
-    def new_cache(self, capacity: int, batch_size: int = 1) -> KVCache:
-        return KVCache(self.config, batch_size, capacity, self.dtype, self.model.embed_tokens.weight.device)
+    def new_cache(self, capacity: int, batch_size: int = 1, rope_length: int | None = None) -> KVCache:
+        device = self.model.embed_tokens.weight.device
+        return KVCache(self.config, batch_size, capacity, self.dtype, device, rope_length)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         cache: KVCache | None = None,
         last_logits_only: bool = False,
+        rope_length: int | None = None,
     ) -> torch.Tensor:
         """input_ids: [B, T]. Returns float32 logits [B, T, V] (or [B, 1, V] with last_logits_only).
 
         With a cache the tokens continue the cached sequence at position cache.length, and the
         cache advances by T; without one they form a whole sequence starting at position 0.
+        rope_length picks the LongRoPE factor set; by default the cache's, else T.
         """
         t = input_ids.shape[1]
         start = cache.length if cache is not None else 0
         if cache is not None and start + t > cache.capacity:
             raise ValueError(f"KV cache holds {cache.capacity} positions; {start} used, {t} more requested")
-        seq_len = cache.capacity if cache is not None else t
+        seq_len = rope_length or (cache.rope_length if cache is not None else t)
         positions = torch.arange(start, start + t, device=input_ids.device)
         cos, sin = self.rotary(positions, seq_len)  # [T, D] each
 

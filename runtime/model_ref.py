@@ -84,7 +84,11 @@ def resolve_model(ref: str | None) -> ModelSource:
 def download_from_hub(repo_id: str) -> Path:
     """The local snapshot of a hub checkpoint: from the cache if present, else downloaded."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))

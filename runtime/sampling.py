@@ -1,7 +1,8 @@
-"""Next-token selection on float32 logits: penalties, temperature, top-k, top-p, min-p, then a draw.
+"""Next-token selection on float32 logits: penalty, top-k, top-p, min-p, temperature, then a draw.
 
-Order of the chain (as in HF transformers): repetition penalty, temperature, top-k, top-p, min-p.
-Temperature 0 is greedy and ignores the rest except the penalty.
+The order is llama.cpp's, so the same settings mean the same distribution on the torch and the
+gguf backends: the truncations look at the model's own distribution (temperature 1) and the
+temperature then reshapes what is left. Temperature 0 is greedy and ignores all but the penalty.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ def apply_repetition_penalty(logits: torch.Tensor, recent: torch.Tensor, penalty
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature, top-k, top-p and min-p on logits [V]; filtered entries become -inf."""
-    logits = logits / params.temperature
+    """Top-k, top-p and min-p on logits [V] (filtered entries become -inf), then temperature."""
     if params.top_k > 0 and params.top_k < logits.numel():
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -40,7 +40,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.min_p > 0.0:
         probs = torch.softmax(logits, dim=-1)
         logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
-    return logits
+    # Shift before scaling: the best logit becomes 0, so even a tiny temperature cannot overflow.
+    return (logits - logits.max()) / params.temperature
 
 
 def sample_token(

@@ -11,9 +11,25 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from runtime.errors import ContextLengthError
 from runtime.events import GenerationEvent, SamplingParams
 
 Decode = Callable[[list[int]], str]
+
+
+def token_budget(prompt_tokens: int, max_tokens: int, context_length: int) -> int:
+    """How many tokens may be generated; a prompt that leaves no room is an error, never truncated."""
+    if prompt_tokens == 0:
+        raise ContextLengthError(
+            "the prompt is empty (0 tokens) and this model adds no BOS token, so there is nothing to "
+            "continue; give it some text"
+        )
+    if prompt_tokens >= context_length:
+        raise ContextLengthError(
+            f"the prompt is {prompt_tokens} tokens but the context holds {context_length}, leaving no room "
+            "to generate; shorten the prompt or raise --ctx"
+        )
+    return min(max_tokens, context_length - prompt_tokens)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,16 @@ from typing import Any
 from runtime.chat_template import render_chat
 from runtime.errors import ModelLoadError
 
+# Special tokens that end a generation whatever the config lists (llama.cpp finds the same by
+# name): a raw completion that reaches a document end or a turn end stops there.
+END_OF_GENERATION = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+                     "<end_of_turn>", "<|end_of_text|>")
+
+
+def end_of_generation_ids(backend, special_tokens: list[str]) -> set[int]:
+    """Ids of the special tokens named in END_OF_GENERATION."""
+    return {backend.token_to_id(t) for t in special_tokens if t in END_OF_GENERATION and backend.token_to_id(t) is not None}
+
 
 @dataclass
 class Tokenizer:
@@ -96,9 +106,9 @@ class Tokenizer:
         jinja_file = folder / "chat_template.jinja"
         if template is None and jinja_file.is_file():
             template = jinja_file.read_text(encoding="utf-8")
-        stops = set(stop_token_ids)
-        if eos_id is not None:
-            stops.add(eos_id)
+        stops = set(stop_token_ids) | ({eos_id} if eos_id is not None else set())
+        specials = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        stops |= end_of_generation_ids(backend, specials)
         return cls(backend, bos_id, eos_id, add_bos, template, stops)
 
     @classmethod
@@ -111,6 +121,9 @@ class Tokenizer:
         default_add_bos = metadata.get("tokenizer.ggml.model") == "llama"
         add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
         stops = set(stop_token_ids) | ({int(eos)} if eos is not None else set())
+        types = metadata.get("tokenizer.ggml.token_type") or []
+        tokens = metadata.get("tokenizer.ggml.tokens") or []
+        stops |= end_of_generation_ids(backend, [t for t, kind in zip(tokens, types, strict=False) if kind == 3])
         return cls(
             backend,
             int(bos) if bos is not None else None,

@@ -56,6 +56,67 @@ def test_generate_raw_continues_text_without_the_chat_template(tiny_minicpm):
     assert out["completion_tokens"] == 4
 
 
+def test_stop_strings_and_system_prompts_reach_the_model():
+    args = ["generate", "--prompt", "What is the capital of France?", "--temperature", "0", "--max-tokens", "16", "--json"]
+    plain = json.loads(run_cli(*args).stdout)
+    assert "Paris" in plain["text"]
+    stopped = json.loads(run_cli(*args, "--stop", " Paris").stdout)
+    assert stopped["finish_reason"] == "stop" and "Paris" not in stopped["text"]
+    assert plain["text"].startswith(stopped["text"])
+    system = json.loads(run_cli(*args, "--system", "You answer in one word, always in capital letters.").stdout)
+    assert system["prompt_tokens"] != plain["prompt_tokens"]  # the template replaced its default system line
+
+
+def test_template_args_reach_the_chat_template(tiny_minicpm, tmp_path):
+    folder = checkpoint_copy(tiny_minicpm, tmp_path / "ckpt")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% if enable_thinking is defined and not enable_thinking %}/no_think {% endif %}" + config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    args = ["generate", "--model", str(folder), "--prompt", "hi", "--max-tokens", "1", "--json"]
+    default = json.loads(run_cli(*args).stdout)
+    off = json.loads(run_cli(*args, "--template-arg", "enable_thinking=false").stdout)
+    assert off["prompt_tokens"] > default["prompt_tokens"]
+    assert_user_error(run_cli(*args, "--template-arg", "messages=1"), "messages", "set by the suite")
+
+
+def test_tokens_longer_than_32_bytes_keep_their_text_on_llama_cpp():
+    """SmolLM2 has single tokens for 80 '#': llama-cpp-python's own detokenizer drops such pieces."""
+    prompt = ("#" * 80 + "\n# Section\n") * 4
+    args = ["generate", "--raw", "--prompt", prompt, "--temperature", "0", "--max-tokens", "12", "--json"]
+    on_torch = json.loads(run_cli(*args).stdout)
+    on_llama = json.loads(run_cli(*args, "--backend", "gguf").stdout)
+    assert on_torch["tokens"][:3] == on_llama["tokens"][:3]
+    assert "#" * 80 in on_torch["text"] and "#" * 80 in on_llama["text"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "gguf"])
+def test_an_empty_raw_prompt(backend):
+    assert_user_error(run_cli("generate", "--backend", backend, "--raw", "--prompt", ""), "empty")
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--seed", "-1"], "seed"),
+        (["--seed", str(2**40)], "seed"),
+        (["--temperature", "nan"], "temperature"),
+        (["--repeat-penalty", "nan"], "repetition_penalty"),
+        (["--threads", "-1"], "--threads"),
+        (["--ctx", "1"], "--ctx must be at least 2"),
+        (["--backend", "gguf", "--ctx", "-5"], "--ctx must be at least 2"),
+        (["--max-tokens", "0"], "--max-tokens"),
+        (["--top-logprobs", "3"], "--json"),
+    ],
+)
+def test_bad_flag_values_are_one_line_errors(flags, words):
+    assert_user_error(run_cli("generate", "--prompt", "x", *flags), words)
+
+
+def test_a_tiny_temperature_is_greedy_not_a_crash():
+    result = run_cli("generate", "--prompt", "Hi", "--temperature", "1e-30", "--max-tokens", "4")
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "minicpm"
     assert script.exists() or shutil.which("minicpm")
@@ -156,6 +217,11 @@ def test_convert_refuses_to_overwrite_without_force(tiny_minicpm, tmp_path):
     assert_user_error(run_cli("convert", str(tiny_minicpm), str(out)), "already exists", "--force")
     assert run_cli("convert", str(tiny_minicpm), str(out), "--force", "--json").returncode == 0
     assert not list(tmp_path.glob("*.partial"))  # no temporary file left behind
+
+
+def test_convert_checks_the_output_before_converting(tiny_minicpm, tmp_path):
+    assert_user_error(run_cli("convert", str(tiny_minicpm), str(tmp_path), "--force"), "is a folder")
+    assert_user_error(run_cli("convert", str(tiny_minicpm), "/etc/hostname/model.gguf"), "cannot create the folder")
 
 
 def test_convert_of_a_folder_that_is_not_a_checkpoint(tmp_path):

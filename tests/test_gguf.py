@@ -112,6 +112,37 @@ def test_an_unknown_quant_type_is_refused(tiny_gguf, tmp_path):
         GGUFModelFile(path)
 
 
+def copy_without_key(src, dst, dropped: str):
+    """src rewritten with one metadata key left out (as older converters wrote their files)."""
+    import gguf
+
+    source = GGUFModelFile(src)
+    writer = gguf.GGUFWriter(str(dst), source.architecture)
+    for key, fld in source.reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", dropped):
+            continue
+        kind = fld.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, fld.contents(), kind, sub_type=fld.types[-1])
+        else:
+            writer.add_key_value(key, fld.contents(), kind)
+    for t in source.reader.tensors:
+        writer.add_tensor(t.name, source._dequantize(t))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_longrope_factor_tensors_count_without_the_scaling_key(tiny_gguf, tmp_path):
+    older = copy_without_key(tiny_gguf, tmp_path / "older.gguf", "minicpm.rope.scaling.type")
+    assert GGUFModelFile(older).config().rope_type == "longrope"
+    a, b = load_torch_model(str(tiny_gguf), "float32"), load_torch_model(str(older), "float32")
+    x = torch.arange(3, 303)[None]
+    torch.testing.assert_close(a.model(x), b.model(x))
+
+
 def test_gguf_config_recovers_the_minicpm_scales(tiny_gguf, tiny_minicpm):
     from runtime.checkpoint import load_hf_config
 

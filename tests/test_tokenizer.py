@@ -99,8 +99,9 @@ def test_embedded_chat_template_renders_its_default_system_prompt(embedded_tok):
 @pytest.mark.parametrize("kind", ["gpt2", "smollm"])
 def test_byte_level_tokenizers_convert_to_ggufs_that_llama_cpp_reads_alike(tmp_path, kind):
     """`minicpm convert` names the pre-tokenizer so that llama.cpp splits text as tokenizer.json does."""
-    from runtime.convert import convert_hf_to_gguf
     from tiny_checkpoint import make_checkpoint
+
+    from runtime.convert import convert_hf_to_gguf
 
     folder = make_checkpoint(tmp_path / kind, minicpm=False, tokenizer=kind)
     out = convert_hf_to_gguf(folder, tmp_path / f"{kind}.gguf", outtype="f16")

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.common import ENGLISH_TEXT  # the same public-domain English text the benchmarks read
+from benchmarks.common import (
+    ENGLISH_TEXT,  # the same public-domain English text the benchmarks read
+)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -37,7 +39,14 @@ def write_tokenizer(folder: Path, vocab_size: int = 600, kind: str = "sentencepi
     """
     if kind != "sentencepiece":
         return write_byte_level_tokenizer(folder, vocab_size, digits=(kind == "smollm"))
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)

@@ -24,7 +24,13 @@ class PrefillProgress:
             return
         if self.progress is None:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("reading prompt"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

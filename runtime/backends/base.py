@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
-from runtime.errors import BackendUnavailableError
+from runtime.errors import BackendUnavailableError, MiniCPMError
 from runtime.events import GenerationEvent, SamplingParams
 
 BACKENDS = ("torch", "gguf")
@@ -20,7 +20,8 @@ class Backend(ABC):
     name: str  # "torch", "gguf"
     model_label: str  # what the model reference resolved to, for the user
     context_length: int  # the most tokens (prompt + output) one generation may span
-    notices: list[str]  # what the user should know about this load (dequantized weights, ...)
+    notices: list[str]  # what the user must know about this load (a feature that cannot run, ...)
+    details: list[str]  # how it was loaded, for --verbose (dtype, dequantized weights, threads)
 
     @abstractmethod
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
@@ -52,6 +53,10 @@ def load_backend(
     threads: int | None = None,
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend."""
+    if context_length is not None and context_length < 2:
+        raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
+    if threads is not None and threads < 1:
+        raise MiniCPMError(f"--threads must be at least 1 (got {threads})")
     if name == "torch":
         from runtime.backends.torch_backend import TorchBackend
 

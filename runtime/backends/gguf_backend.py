@@ -3,40 +3,46 @@
 A thin adapter for now: it renders the chat template and assembles events with the same code as
 the torch backend (runtime/chat_template.py, runtime/streaming.py) and lets llama.cpp do the
 forward passes and the sampling. It imports no torch, so this path stays light.
-Differences from the torch backend: llama.cpp's own sampler chain (penalties, top-k, top-p,
-min-p, then temperature) and a fixed 64-token repetition-penalty window.
+Differences from the torch backend: llama-cpp-python applies the repetition penalty over the last
+64 generated tokens only (the torch backend also counts the prompt).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
 
 from runtime.backends.base import Backend
 from runtime.chat_template import render_chat
-from runtime.errors import ContextLengthError, ModelLoadError, UnsupportedModelError
-from runtime.events import GenerationEvent, SamplingParams
+from runtime.errors import ModelLoadError, UnsupportedModelError
+from runtime.events import MAX_SEED, GenerationEvent, SamplingParams
 from runtime.model_ref import resolve_model
-from runtime.streaming import Step, events_from_steps
+from runtime.streaming import Step, events_from_steps, token_budget
+
+# Without --ctx, the model's training context up to this: llama.cpp allocates the whole KV cache
+# up front (4 GB for an 8B model at 128K), so longer contexts are asked for explicitly.
+DEFAULT_MAX_CONTEXT = 32768
 
 
 class GGUFBackend(Backend):
     name = "gguf"
 
     def __init__(self, llm, model_label: str):
+        import llama_cpp
+
         self.llm = llm
         self.model_label = model_label
         self.notices: list[str] = []
+        self.details = [f"llama.cpp context of {len(llm.input_ids)} tokens, {llm.n_threads} threads"]
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         # llama.cpp pads its context to a multiple of 256, but llama-cpp-python's token buffer has
         # exactly the size asked for: that is the real limit.
         self.context_length = len(llm.input_ids)
-        meta = llm.metadata
-        self.chat_template = meta.get("tokenizer.chat_template")
-        self.stop_ids = {llm.token_eos()}
-        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-            if key in meta:
-                self.stop_ids.add(int(meta[key]))
+        self.chat_template = llm.metadata.get("tokenizer.chat_template")
+        # llama.cpp's own end-of-generation set (EOS, end of turn, and the like, found by name).
+        self.stop_ids = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
         self.bos_text = self._piece(llm.token_bos())
         self.eos_text = self._piece(llm.token_eos())
 
@@ -52,10 +58,16 @@ class GGUFBackend(Backend):
             from llama_cpp import Llama
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); run ./setup.sh") from None
+        if context_length is None:
+            from runtime.gguf_model import GGUFModelFile
+
+            trained = GGUFModelFile(source.path).get("context_length") or DEFAULT_MAX_CONTEXT
+            context_length = min(int(trained), DEFAULT_MAX_CONTEXT)
+        threads = threads or os.cpu_count()
         try:
             llm = Llama(
                 model_path=str(source.path),
-                n_ctx=context_length or 0,  # 0: the model's own training context
+                n_ctx=context_length,
                 n_threads=threads,
                 n_threads_batch=threads,
                 verbose=False,
@@ -73,7 +85,24 @@ class GGUFBackend(Backend):
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def decode(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+        """llama.cpp's detokenizer on the whole list; special tokens are not rendered.
+
+        (llama-cpp-python's Llama.detokenize uses a 32-byte buffer per token and returns nothing for
+        longer pieces, such as SmolLM2's runs of 80 '#'.)"""
+        import ctypes
+
+        import llama_cpp
+
+        if not ids:
+            return ""
+        tokens = (llama_cpp.llama_token * len(ids))(*ids)
+        size = 8 * len(ids) + 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self.vocab, tokens, len(ids), buf, size, False, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = -n  # too small: llama.cpp says how much it needs
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -86,12 +115,7 @@ class GGUFBackend(Backend):
         return render_chat(self.chat_template, messages, bos_token=self.bos_text, eos_token=self.eos_text, **template_kwargs)
 
     def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
-        if len(prompt) >= self.context_length:
-            raise ContextLengthError(
-                f"the prompt is {len(prompt)} tokens but the context holds {self.context_length}, leaving no "
-                "room to generate; shorten the prompt or raise --ctx"
-            )
-        budget = min(params.max_tokens, self.context_length - len(prompt))
+        budget = token_budget(len(prompt), params.max_tokens, self.context_length)
         stop_ids = self.stop_ids | set(params.stop_token_ids)
         steps = self._steps(prompt, params, budget, stop_ids)
         return events_from_steps(steps, self.decode, prompt, params, stop_ids)
@@ -105,7 +129,7 @@ class GGUFBackend(Backend):
         for start in range(0, len(prompt), llm.n_batch):  # prefill in batches, reporting progress
             llm.eval(prompt[start : start + llm.n_batch])
             yield Step(prompt_processed=min(start + llm.n_batch, len(prompt)))
-        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(MAX_SEED))
         # The whole prompt is in the KV cache now, so generate() starts sampling at once.
         tokens = llm.generate(
             prompt,

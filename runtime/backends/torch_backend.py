@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from runtime.backends.base import Backend
-from runtime.errors import ContextLengthError
 from runtime.events import GenerationEvent, SamplingParams
 from runtime.loading import LoadedModel, load_torch_model
 
@@ -18,13 +17,14 @@ class TorchBackend(Backend):
         self.loaded = loaded
         self.model_label = loaded.source.label
         self.notices = list(loaded.notices)
-        limit = loaded.config.max_position_embeddings
-        if context_length is not None and not 1 < context_length <= limit:
-            raise ContextLengthError(
-                f"--ctx {context_length} is outside what the model supports (2 to {limit} tokens); "
-                f"pass at most {limit}"
+        self.details = list(loaded.details)
+        trained = loaded.config.max_position_embeddings
+        if context_length is not None and context_length > trained:
+            self.notices.append(
+                f"--ctx {context_length} is beyond the {trained} tokens this model was trained for; "
+                "expect quality to fall past that point"
             )
-        self.context_length = context_length or limit
+        self.context_length = context_length or trained
 
     @classmethod
     def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None) -> TorchBackend:

@@ -34,13 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     parser.add_argument("--template-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="pass a variable to the chat template, e.g. enable_thinking=false (repeatable)")
-    parser.add_argument("--max-tokens", type=int, default=256, metavar="N", help="most tokens to generate (256)")
+    parser.add_argument("--max-tokens", type=int, default=256, metavar="N",
+                        help="most tokens to generate; -1 until the context is full (256)")
     parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (0.8)")
     parser.add_argument("--top-k", type=int, default=40, metavar="K", help="0 turns it off (40)")
     parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1 turns it off (0.95)")
     parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 turns it off (0.05)")
     parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 turns it off (1.0)")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed, for a reproducible run")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sampling seed (0 to 4294967294), for a reproducible run; reported with --json")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     parser.add_argument("--top-logprobs", type=int, default=0, metavar="N",
                         help="with --json, report each token's log-probability and N alternatives")
@@ -50,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_template_args(pairs: list[str]) -> dict:
+    from runtime.chat_template import check_template_kwargs
+
     values = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -59,6 +63,7 @@ def parse_template_args(pairs: list[str]) -> dict:
             values[key] = json.loads(raw)  # true/false/numbers/JSON; anything else stays a string
         except json.JSONDecodeError:
             values[key] = raw
+    check_template_kwargs(values)
     return values
 
 
@@ -72,15 +77,20 @@ def read_prompt(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from runtime.backends.base import load_backend
-    from runtime.events import SamplingParams
+    from runtime.events import MAX_SEED, SamplingParams
     from tui.progress import PrefillProgress
 
+    if args.top_logprobs and not args.json:
+        raise MiniCPMError("--top-logprobs reports through --json; add --json")
+    if args.max_tokens < -1 or args.max_tokens == 0:
+        raise MiniCPMError(f"--max-tokens must be a positive number or -1 (got {args.max_tokens})")
     prompt_text = read_prompt(args)
     template_kwargs = parse_template_args(args.template_arg)
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    seed = args.seed if args.seed is not None else random.randrange(MAX_SEED)
     try:
         params = SamplingParams(
-            max_tokens=args.max_tokens,
+            # -1: as many as the context allows (the backend clips every budget to the context)
+            max_tokens=args.max_tokens if args.max_tokens > 0 else 2**31,
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
@@ -94,9 +104,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MiniCPMError(f"bad sampling option: {exc}") from None
 
+    if args.backend != "torch" and args.dtype != "auto":
+        print("minicpm: note: --dtype applies to the torch backend only; llama.cpp computes in the "
+              "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
+    if args.verbose:
+        for detail in [backend.model_label, *backend.details]:
+            print(f"minicpm: {detail}", file=sys.stderr)
     if args.raw:
         prompt = backend.tokenize(prompt_text)
     else:
