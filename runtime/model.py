@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.config import ModelConfig
+from runtime.grouped_matmul import group_mix, group_scores
+from runtime.notices import notify_once
+from runtime.sparse_attention import CompressedKeys, SparseSettings, sparse_attention
 
 
 class KVCache:
@@ -46,6 +49,8 @@ class KVCache:
         self.capacity = capacity
         self.rope_length = rope_length or capacity
         self.length = 0  # positions [0, length) hold valid keys
+        # InfLLM v2's compressed keys per layer, made on first use by a sparse model (attend()).
+        self.compressed: list[CompressedKeys] | None = None
 
 
 class RMSNorm(nn.Module):
@@ -105,16 +110,53 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query per sequence over all its keys, as grouped matrix products.
+
+    q: [B, H, 1, D]; k, v: [B, Hkv, S, D]. Returns [B, H, 1, D]. The G = H / Hkv query heads of a
+    group share one product with their keys; torch's SDPA on CPU expands GQA instead and is 5x
+    (float32) to 25x (bfloat16) slower for this shape (measured, benchmarks/sparse_attention.py).
+    """
+    b, h, _, d = q.shape
+    out = []
+    for i in range(b):
+        qg = q[i].reshape(k.shape[1], h // k.shape[1], d)  # [Hkv, G, D]
+        scores = group_scores(qg, k[i]).mul_(d**-0.5)  # [Hkv, G, S]
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        out.append(group_mix(probs, v[i]).reshape(h, 1, d))
+    return torch.stack(out)
+
+
+def attend(q, k, v, q_start: int, layer: int, cache: KVCache | None, sparse: SparseSettings | None) -> torch.Tensor:
+    """Dense attention, or InfLLM v2 when the model runs sparse; shapes as in dense_attention."""
+    if sparse is None:
+        return dense_attention(q, k, v, q_start)
+    b, hkv, s, d = k.shape
+    if cache is None:  # a whole sequence at once: its compressed keys live for this call only
+        compressed = CompressedKeys(sparse, b, hkv, d, s, k.dtype, k.device)
+    else:
+        if cache.compressed is None:
+            cache.compressed = [CompressedKeys(sparse, b, hkv, d, cache.capacity, k.dtype, k.device)
+                                for _ in range(cache.k.shape[0])]
+        compressed = cache.compressed[layer]
+    compressed.update(k)  # also while still dense, so the kernels are there once it goes sparse
+    if b != 1:
+        notify_once("InfLLM v2 sparse attention runs one sequence at a time; this batch of "
+                    f"{b} runs dense attention")
+        return dense_attention(q, k, v, q_start)
+    return sparse_attention(q, k, v, q_start, compressed, dense_attention)
+
+
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> torch.Tensor:
     """Causal attention of T queries at positions [q_start, q_start + T) over keys [0, S).
 
     q: [B, H, T, D]; k, v: [B, Hkv, S, D] with S = q_start + T. Returns [B, H, T, D].
-    Scale 1/sqrt(D). This is the one signature the sparse InfLLM v2 attention also implements.
+    Scale 1/sqrt(D). runtime/sparse_attention.py implements the same signature sparsely.
     """
     t, s = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if t == 1:  # one decode step sees every cached key: no mask at all
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return decode_attention(q, k, v)
     if q_start == 0 and t == s:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     # Chunked prefill: query i sits at position q_start + i and sees keys j <= q_start + i.
@@ -134,7 +176,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, start: int) -> torch.Tensor:
+    def forward(self, x, cos, sin, layer: int, cache: KVCache | None, start: int,
+                sparse: SparseSettings | None = None) -> torch.Tensor:
         b, t, _ = x.shape  # x: [B, T, C]
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
@@ -145,7 +188,7 @@ class Attention(nn.Module):
             cache.v[layer, :, :, start : start + t] = v
             k = cache.k[layer, :, :, : start + t]  # [B, Hkv, S, D]
             v = cache.v[layer, :, :, : start + t]
-        out = dense_attention(q, k, v, q_start=start)  # [B, H, T, D]
+        out = attend(q, k, v, start, layer, cache, sparse)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -172,8 +215,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, h, cos, sin, cache: KVCache | None, start: int) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(h), cos, sin, self.index, cache, start)
+    def forward(self, h, cos, sin, cache: KVCache | None, start: int, sparse: SparseSettings | None = None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(h), cos, sin, self.index, cache, start, sparse)
         h = h + attn * self.residual_scale
         return h + self.mlp(self.post_attention_layernorm(h)) * self.residual_scale
 
@@ -199,6 +242,7 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
+        self.sparse: SparseSettings | None = None  # InfLLM v2 when set (runtime/sparse_attention.py)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -231,7 +275,7 @@ class CausalLM(nn.Module):
 
         h = self.model.embed_tokens(input_ids) * self.config.embedding_scale  # [B, T, C]
         for layer in self.model.layers:
-            h = layer(h, cos, sin, cache, start)
+            h = layer(h, cos, sin, cache, start, self.sparse)
         if cache is not None:
             cache.length = start + t
         if last_logits_only:
