@@ -77,10 +77,5 @@ def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
         tokenizer = Tokenizer.from_hf_folder(source.path, config.eos_token_id)
         torch_dtype = choose_dtype(dtype, config)
         model = build_model(config, read_safetensors(safetensors_files(source.path)), torch_dtype)
-    if config.sparse_config is not None:
-        notices.append(
-            "config.json carries sparse_config, but InfLLM v2 sparse attention is not in this runtime yet: "
-            "running dense attention (exact, slower at long context)"
-        )
     details.append(f"torch runtime in {str(model.dtype).removeprefix('torch.')}")
     return LoadedModel(model, tokenizer, source, notices, details)

@@ -227,3 +227,20 @@ def test_convert_checks_the_output_before_converting(tiny_minicpm, tmp_path):
 def test_convert_of_a_folder_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(run_cli("convert", str(tmp_path / "empty"), str(tmp_path / "x.gguf")), "config.json")
+
+
+def test_sparse_attention_from_the_command_line(tiny_minicpm, tiny_gguf):
+    args = ["generate", "--raw", "--prompt", "We hold these truths to be self-evident, that all men are created equal",
+            "--max-tokens", "8", "--temperature", "0", "--verbose"]
+    sparse = run_cli(*args, "--model", str(tiny_minicpm), "--sparse", "on", "--sparse-dense-len", "16",
+                     "--sparse-window", "64", "--sparse-topk", "2")
+    assert sparse.returncode == 0, sparse.stderr
+    assert "InfLLM v2 sparse attention from 16 tokens on: top 3 blocks" in sparse.stderr
+    dense = run_cli(*args, "--model", str(tiny_minicpm))  # auto: no sparse_config in this checkpoint
+    assert "dense attention" in dense.stderr
+    ignored = run_cli(*args, "--model", str(tiny_minicpm), "--sparse-topk", "2")
+    assert "--sparse-topk has no effect" in ignored.stderr
+    on_llama = run_cli(*args, "--model", str(tiny_gguf), "--backend", "gguf", "--sparse", "on")
+    assert on_llama.returncode == 0 and "llama.cpp has no InfLLM v2 sparse attention" in on_llama.stderr
+    assert_user_error(run_cli(*args, "--model", str(tiny_minicpm), "--sparse", "on", "--sparse-window", "100"),
+                      "window_size")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from runtime.errors import MiniCPMError
@@ -33,7 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_runtime_notices() -> None:
+    """The runtime says what it could not honour through the "minicpm" logger (runtime/notices.py)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("minicpm: note: %(message)s"))
+    logger = logging.getLogger("minicpm")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    show_runtime_notices()
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(f"tui.commands.{COMMANDS[args.command][0]}")

@@ -51,8 +51,14 @@ def load_backend(
     dtype: str = "auto",
     context_length: int | None = None,
     threads: int | None = None,
+    sparse: str = "auto",
+    sparse_overrides: dict | None = None,
 ) -> Backend:
-    """Load `model` (a model reference, see runtime/model_ref.py) on the named backend."""
+    """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
+
+    sparse: InfLLM v2 attention, auto | on | off (see runtime/sparse_attention.resolve_sparse);
+    sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...).
+    """
     if context_length is not None and context_length < 2:
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
     if threads is not None and threads < 1:
@@ -60,9 +66,14 @@ def load_backend(
     if name == "torch":
         from runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend.load(model, dtype=dtype, context_length=context_length, threads=threads)
+        return TorchBackend.load(model, dtype=dtype, context_length=context_length, threads=threads,
+                                 sparse=sparse, sparse_overrides=sparse_overrides)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
 
-        return GGUFBackend.load(model, context_length=context_length, threads=threads)
+        backend = GGUFBackend.load(model, context_length=context_length, threads=threads)
+        if sparse == "on" or any(v is not None for v in (sparse_overrides or {}).values()):
+            backend.notices.append("llama.cpp has no InfLLM v2 sparse attention: the gguf backend runs "
+                                   "dense attention (use --backend torch for sparse)")
+        return backend
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

@@ -27,12 +27,20 @@ class TorchBackend(Backend):
         self.context_length = context_length or trained
 
     @classmethod
-    def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None) -> TorchBackend:
+    def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None,
+             sparse: str = "auto", sparse_overrides: dict | None = None) -> TorchBackend:
+        from runtime.sparse_attention import describe, resolve_sparse
+
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        return cls(load_torch_model(model, dtype=dtype), context_length)
+        loaded = load_torch_model(model, dtype=dtype)
+        settings, notes = resolve_sparse(sparse, loaded.config, sparse_overrides)
+        loaded.model.sparse = settings
+        loaded.notices.extend(notes)
+        loaded.details.append(describe(settings) if settings else "dense attention")
+        return cls(loaded, context_length)
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.loaded.tokenizer.encode(text, add_bos=None if add_bos else False)

@@ -25,6 +25,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
                         help="context window in tokens, prompt plus output (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    sparse = parser.add_argument_group("InfLLM v2 sparse attention (torch backend)")
+    sparse.add_argument("--sparse", choices=("auto", "on", "off"), default="auto",
+                        help="auto: on for MiniCPM configs with a sparse_config; on: any model (default: auto)")
+    sparse.add_argument("--sparse-topk", type=int, metavar="N", help="blocks chosen by score (sparse_config topk, 64)")
+    sparse.add_argument("--sparse-window", type=int, metavar="N", dest="sparse_window_size",
+                        help="local window in tokens, always attended (2048)")
+    sparse.add_argument("--sparse-dense-len", type=int, metavar="N",
+                        help="queries with fewer keys than this attend densely (8192)")
+    sparse.add_argument("--sparse-lse", choices=("on", "off"), default=None,
+                        help="approximate stage 1's normaliser with the coarse kernels (on)")
+
+
+def sparse_options(args: argparse.Namespace) -> dict:
+    """The --sparse-* overrides, as sparse_config field names (None where not given)."""
+    lse = {"on": True, "off": False}.get(args.sparse_lse)
+    return {"topk": args.sparse_topk, "window_size": args.sparse_window_size,
+            "dense_len": args.sparse_dense_len, "use_lse": lse}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if args.backend != "torch" and args.dtype != "auto":
         print("minicpm: note: --dtype applies to the torch backend only; llama.cpp computes in the "
               "file's own types", file=sys.stderr)
-    backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads)
+    backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads,
+                           sparse=args.sparse, sparse_overrides=sparse_options(args))
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:

@@ -1,0 +1,228 @@
+"""InfLLM v2 sparse attention: the fast CPU path against the slow reference, and what it must find."""
+
+import dataclasses
+
+import pytest
+import torch
+from infllm_reference import reference_attention
+
+from runtime.errors import UnsupportedModelError
+from runtime.model import dense_attention
+from runtime.sparse_attention import (
+    CompressedKeys,
+    SparseSettings,
+    resolve_sparse,
+    select_blocks,
+    sparse_attention,
+)
+
+# Small blocks and kernels so that a few hundred tokens exercise every part of the algorithm:
+# 1 init block, a 2-block window, 3 blocks by score (5 selected of 16-token blocks).
+SMALL = SparseSettings(kernel_size=8, kernel_stride=4, init_blocks=1, block_size=16, window_size=32,
+                       topk=3, dense_len=0)
+TIE = 1e-4  # float32 vs float64 scores: blocks this close at the top-k cut may swap
+
+
+def qkv(heads, kv_heads, length, dim, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(n, length, dim, generator=gen).to(dtype) for n in (heads, kv_heads, kv_heads))
+
+
+def fast_selection(q, k, q_start, st):
+    """{(group, query): set of blocks} from the fast path's stage 1."""
+    hkv, d = k.shape[0], k.shape[-1]
+    compressed = CompressedKeys(st, 1, hkv, d, k.shape[1], k.dtype)
+    compressed.update(k[None])
+    t = q.shape[1]
+    chosen, scores = select_blocks(q.reshape(hkv, -1, t, d), compressed, q_start, q_start + t)
+    valid = scores > float("-inf")
+    return {(g, i): set(chosen[g, i][valid[g, i]].tolist()) for g in range(hkv) for i in range(t)}
+
+
+def assert_same_selection(fast, ref, ref_scores):
+    """Identical sets, except for swaps between blocks whose reference scores tie at the cut."""
+    swaps = 0
+    for key, chosen in ref.items():
+        diff = fast[key] ^ chosen
+        if diff:
+            scored = [ref_scores[key][b] for b in chosen if b in ref_scores[key]]
+            cut = min(scored)
+            assert all(abs(ref_scores[key][b] - cut) <= TIE * cut for b in diff), (key, diff)
+            swaps += 1
+    assert swaps <= len(ref) // 100  # rare, and only at exact-looking ties
+
+
+def fast_attention(q, k, v, q_start, st, chunks=None):
+    """The fast path as the runtime drives it: compressed keys grow chunk by chunk with the cache."""
+    hkv, d = k.shape[0], k.shape[-1]
+    compressed = CompressedKeys(st, 1, hkv, d, k.shape[1], k.dtype)
+    t = q.shape[1]
+    bounds = chunks or [t]
+    out, lo = [], 0
+    for hi in bounds:
+        end = q_start + hi
+        compressed.update(k[None, :, :end])
+        out.append(sparse_attention(q[None, :, lo:hi], k[None, :, :end], v[None, :, :end], q_start + lo,
+                                    compressed, dense_attention)[0])
+        lo = hi
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("use_lse", [True, False])
+@pytest.mark.parametrize("length", [300, 517])  # not multiples of the block size
+def test_stage1_selects_the_reference_blocks(length, use_lse):
+    st = dataclasses.replace(SMALL, use_lse=use_lse)
+    q, k, v = qkv(6, 2, length, 16, seed=length)
+    _, _, ref, ref_scores = reference_attention(q, k, v, 0, st)
+    assert_same_selection(fast_selection(q, k, 0, st), ref, ref_scores)
+
+
+@pytest.mark.parametrize("chunks", [None, [37, 100, 301, 517], list(range(300, 518))])  # whole, chunked, decode
+def test_outputs_match_the_reference(chunks):
+    length = 517
+    q, k, v = qkv(6, 2, length, 16, seed=3)
+    ref, _, selections, _ = reference_attention(q, k, v, 0, SMALL)
+    fast_sel = fast_selection(q, k, 0, SMALL)
+    same = [i for i in range(length) if all(fast_sel[g, i] == selections[g, i] for g in range(2))]
+    assert len(same) >= length - 5
+    out = fast_attention(q, k, v, 0, SMALL, chunks)
+    torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_top_k_covering_every_block_is_dense_attention():
+    q, k, v = qkv(8, 2, 700, 32, seed=5)
+    every = dataclasses.replace(SMALL, topk=1000)
+    out = fast_attention(q, k, v, 0, every)
+    expected = dense_attention(q[None], k[None], v[None], 0)[0]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_queries_below_dense_len_attend_densely():
+    q, k, v = qkv(6, 2, 400, 16, seed=6)
+    st = dataclasses.replace(SMALL, dense_len=200)
+    out = fast_attention(q, k, v, 0, st, chunks=[150, 250, 400])  # a chunk straddles the threshold
+    dense = dense_attention(q[None], k[None], v[None], 0)[0]
+    torch.testing.assert_close(out[:, :199], dense[:, :199], atol=1e-5, rtol=1e-5)  # p + 1 < 200
+    assert not torch.allclose(out[:, 300:], dense[:, 300:], atol=1e-3)  # past it, sparse differs
+    ref, mask, _, _ = reference_attention(q, k, v, 0, st)
+    assert mask[:, :199].sum() == sum(range(1, 200)) * 2
+
+
+def test_minicpm4_8b_shape_and_defaults_at_12k():
+    """Default sparse_config, 32 query / 2 KV heads, head_dim 128: a decode query and a short chunk."""
+    st = SparseSettings()
+    length = 12_000
+    q, k, v = qkv(32, 2, length, 128, seed=7)
+    positions = [length - 8, length - 1]
+    for lo in positions:
+        qs = q[:, lo : lo + (8 if lo == length - 8 else 1)]
+        ref, _, selections, scores = reference_attention(qs, k[:, : lo + qs.shape[1]], v[:, : lo + qs.shape[1]], lo, st)
+        fast = fast_selection(qs, k[:, : lo + qs.shape[1]], lo, st)
+        assert_same_selection(fast, selections, scores)
+        assert all(len(s) == st.selected_blocks for s in selections.values())  # 96 blocks of 64
+        out = fast_attention(qs, k[:, : lo + qs.shape[1]], v[:, : lo + qs.shape[1]], lo, st)
+        torch.testing.assert_close(out, ref.float(), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [0.1, 0.5, 0.8])
+def test_a_planted_key_is_found_at_any_depth_of_a_16k_context(depth):
+    """Keys are noise except a short run at one depth that matches what the last queries ask for.
+    The blocks holding it are outside every forced block, so only stage 1 can find them; stage 2
+    must then return the value stored there."""
+    st = SparseSettings()
+    length, d = 16_384 + 500, 64
+    gen = torch.Generator().manual_seed(int(depth * 100))
+    k = torch.randn(1, length, d, generator=gen) * 0.3
+    v = torch.randn(1, length, d, generator=gen) * 0.3
+    u = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+    planted = int(depth * 16_384)
+    assert planted // 64 > st.init_blocks and planted < length - st.window_size - 64  # not forced
+    k[0, planted : planted + 4] = 12.0 * u  # a 4-token run: diluted 8x by the 32-token kernels
+    marker = torch.zeros(d)
+    marker[0] = 5.0
+    v[0, planted : planted + 4] = marker
+    # logit 8 * 12 / sqrt(64) = 12 on the run: it outweighs the ~6K other selected tokens 100 to 1
+    q = (8.0 * u).expand(8, 4, d).transpose(0, 1).contiguous()  # 8 query heads, 4 last positions
+    q_start = length - 4
+    selected = fast_selection(q, k, q_start, st)
+    assert all(planted // 64 in blocks for blocks in selected.values())
+    out = fast_attention(q, k, v, q_start, st)
+    assert (out[:, :, 0] > 4.5).all()  # attention lands on the planted run (without it: about 0)
+
+
+def test_settings_and_modes():
+    from tiny_checkpoint import tiny_config
+
+    from runtime.config import SparseConfig, config_from_hf
+
+    with pytest.raises(UnsupportedModelError, match="multiples of kernel_stride"):
+        SparseSettings(block_size=50)
+    with pytest.raises(UnsupportedModelError, match="window_size"):
+        SparseSettings(window_size=100)
+    cfg = SparseSettings.from_config(SparseConfig(topk=32), window_size=1024)
+    assert (cfg.topk, cfg.window_size, cfg.selected_blocks) == (32, 1024, 48)
+    assert SparseSettings().selected_blocks == 96
+    assert resolve_sparse("off", None, {"topk": 8})[0] is None
+    assert "--sparse-topk has no effect" in resolve_sparse("off", None, {"topk": 8})[1][0]
+    minicpm = config_from_hf(tiny_config(600))
+    with_sparse = config_from_hf(tiny_config(600, sparse_config={"topk": 16}))
+    llama = config_from_hf(tiny_config(600, minicpm=False))
+    assert resolve_sparse("auto", minicpm)[0] is None  # released MiniCPM4 configs carry no sparse_config
+    assert resolve_sparse("auto", with_sparse)[0].topk == 16
+    assert resolve_sparse("auto", llama)[0] is None
+    assert resolve_sparse("on", llama)[0] == SparseSettings()  # forced on: MiniCPM4-8B's values
+    with pytest.raises(UnsupportedModelError, match="use_nope"):
+        resolve_sparse("auto", config_from_hf(tiny_config(600, sparse_config={"use_nope": True})))
+
+
+def test_the_model_runs_sparse_with_a_growing_cache(tiny_minicpm):
+    """Chunked prefill and decode grow the compressed keys as they go; one uncached forward makes
+    them at once. Both must give the same logits, and they must differ from dense attention."""
+    from runtime.loading import load_torch_model
+
+    model = load_torch_model(str(tiny_minicpm), dtype="float32").model
+    model.sparse = dataclasses.replace(SMALL, dense_len=64)
+    x = torch.randint(3, 500, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        whole = model(x)
+        cache = model.new_cache(capacity=300)
+        pieces = [model(x[:, :100], cache), model(x[:, 100:237], cache)]
+        pieces += [model(x[:, i : i + 1], cache) for i in range(237, 300)]
+        torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=5e-5, rtol=1e-5)
+        model.sparse = None
+        dense = model(x)
+    torch.testing.assert_close(dense[:, :63], whole[:, :63], atol=5e-5, rtol=1e-5)  # below dense_len
+    assert (dense[:, 150:] - whole[:, 150:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("strategy", ["torch-per-query", "torch-union", "c-kernel"])
+def test_every_stage2_strategy_matches_the_reference(monkeypatch, strategy):
+    import runtime.sparse_attention as sparse
+    from runtime import cpu_kernel
+
+    if strategy == "c-kernel":
+        assert cpu_kernel.available(), "this machine has a C compiler: the kernel must build"
+        monkeypatch.setattr(sparse, "KERNEL_TILE", 10_000)  # every tile goes to the kernel
+    else:
+        monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+        monkeypatch.setattr(sparse, "UNION_FACTOR", 0 if strategy == "torch-per-query" else 10_000)
+    length = 517
+    q, k, v = qkv(6, 2, length, 16, seed=9)
+    ref, _, selections, _ = reference_attention(q, k, v, 0, SMALL)
+    fast_sel = fast_selection(q, k, 0, SMALL)
+    same = [i for i in range(length) if all(fast_sel[g, i] == selections[g, i] for g in range(2))]
+    out = fast_attention(q, k, v, 0, SMALL, chunks=[200, 517])
+    torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
+    decoded = fast_attention(q, k, v, 0, SMALL, chunks=list(range(480, 518)))  # one query at a time
+    torch.testing.assert_close(decoded[:, 480:][:, [i - 480 for i in same if i >= 480]],
+                               ref[:, [i for i in same if i >= 480]].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_c_kernel_in_bfloat16_stays_close_to_float32():
+    from runtime import cpu_kernel
+
+    q, k, v = qkv(32, 2, 4000, 128, seed=11)
+    ranges = torch.tensor([[[[0, 64], [3000, 3001 + i], [640, 704], [1280, 1344]] for i in range(8)]] * 2)
+    exact = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128), k, v, ranges)
+    half = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128).bfloat16(), k.bfloat16(), v.bfloat16(), ranges)
+    assert (half.float() - exact).abs().max() < 0.02
