@@ -1,0 +1,122 @@
+"""The InfLLM v2 CPU kernel (runtime/kernels/infllm_cpu.c): built on first use, called via ctypes.
+
+Why a small C library and not a torch extension: it needs no torch headers, no ninja and no
+matching compiler ABI, builds in about a second with the C compiler every Linux machine with
+Python headers has, and takes plain pointers. It is compiled for this CPU (-march=native) and
+cached under the user's cache directory, keyed by the source, the compiler and the CPU's flags,
+so a shared home directory never loads a library built for another machine.
+
+Without a C compiler, or with MINICPM_CPU_KERNEL=0, the runtime says so once and uses the torch
+implementation, which computes the same thing more slowly when queries choose different blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from runtime.notices import notify_once
+
+SOURCE = Path(__file__).parent / "kernels" / "infllm_cpu.c"
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+_library: ctypes.CDLL | None = None
+_failure: str | None = None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "minicpm-suite" / "kernels"
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join(FLAGS + version).encode() + _cpu_signature().encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"infllm_cpu-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+        os.replace(tmp, target)  # atomic: a concurrent build never sees half a library
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (with a one-time notice saying why and what runs instead)."""
+    global _library, _failure
+    if _library is not None or _failure is not None:
+        return _library
+    if os.environ.get("MINICPM_CPU_KERNEL", "1") == "0":
+        _failure = "MINICPM_CPU_KERNEL=0"
+    else:
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            _failure = "no C compiler found (install gcc, or set CC)"
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build(compiler)))
+                for name in ("infllm_attend_ranges_f32", "infllm_attend_ranges_bf16"):
+                    fn = getattr(lib, name)
+                    fn.restype = ctypes.c_int
+                    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+                _library = lib
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _failure = f"building it failed ({exc})"
+    if _library is None:
+        notify_once(f"the InfLLM v2 CPU kernel is not available: {_failure}; sparse attention runs in "
+                    "torch operations instead (same results, slower when queries choose different blocks)")
+    return _library
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
+    """Each query attends its own key ranges.
+
+    q: [Hkv, G, T, D] (float32 or bfloat16); k, v: [Hkv, S, D] with contiguous rows and the same
+    head stride; ranges: [Hkv, T, R, 2] int64 half-open token ranges (empty ones allowed).
+    Returns [Hkv, G, T, D]. Call only when available().
+    """
+    lib = library()
+    hkv, g, t, d = q.shape
+    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"the InfLLM v2 CPU kernel takes float32 or bfloat16, got {q.dtype}")
+    if k.stride(-1) != 1 or k.stride(-2) != d or v.stride() != k.stride():
+        raise ValueError("keys and values need contiguous rows and the same strides")
+    q = q.contiguous()
+    ranges = ranges.to(torch.int64).contiguous()
+    out = torch.empty_like(q)
+    fn = lib.infllm_attend_ranges_f32 if q.dtype == torch.float32 else lib.infllm_attend_ranges_bf16
+    status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), ranges.data_ptr(),
+                hkv, g, t, d, ranges.shape[2], k.stride(0), d**-0.5, torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"the InfLLM v2 CPU kernel does not take {g} heads per group of dimension {d}")
+    return out

@@ -1,0 +1,1 @@
+"""C kernels the runtime builds on first use (runtime/cpu_kernel.py)."""
