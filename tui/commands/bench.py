@@ -11,6 +11,7 @@ import importlib
 BENCHMARKS = {
     "runtime": "prefill and decode tokens/s of the torch runtime against llama.cpp on the embedded model",
     "parity": "agreement of the torch runtime with llama.cpp on the embedded model's weights",
+    "sparse_attention": "InfLLM v2 sparse attention against dense attention and llama.cpp at long context",
 }
 
 
