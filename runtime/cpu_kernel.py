@@ -94,8 +94,9 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
-def available() -> bool:
-    return library() is not None
+def available(head_dim: int = 64) -> bool:
+    """Whether the kernel runs here for this head dimension (it takes up to 256)."""
+    return head_dim <= 256 and library() is not None
 
 
 def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:
@@ -113,6 +114,8 @@ def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: tor
         raise ValueError("keys and values need contiguous rows and the same strides")
     q = q.contiguous()
     ranges = ranges.to(torch.int64).contiguous()
+    if ranges.numel() and (int(ranges.max()) > k.shape[1] or int(ranges.min()) < 0):
+        raise ValueError(f"key ranges reach outside the {k.shape[1]} keys given")
     out = torch.empty_like(q)
     fn = lib.infllm_attend_ranges_f32 if q.dtype == torch.float32 else lib.infllm_attend_ranges_bf16
     status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), ranges.data_ptr(),

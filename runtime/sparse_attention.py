@@ -57,9 +57,6 @@ STEP_BYTES = 16 * 2**20
 # most this many times one query's blocks; beyond it, a per-query gather costs less (measured:
 # per key, the gather path costs about 3x the batched product).
 UNION_FACTOR = 3
-# Tiles of at most this many queries (decode) go to the C kernel when it is there: a handful of
-# queries gain nothing from batched products and lose the most to Python's per-operation cost.
-KERNEL_TILE = 4
 
 
 @dataclass(frozen=True)
@@ -236,6 +233,7 @@ def attend_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chosen: torch
     When they did not (random inputs: the union nears every block), each query gathers its own,
     as upstream's kernel tiles one token's grouped heads. Both are exact; the two parts share one
     softmax, and the queries go through in steps that bound the score tensors' memory.
+    With the C kernel (runtime/cpu_kernel.py) every query reads its own ranges in place instead.
     """
     hkv, g, t, d = q.shape
     s, bs = k.shape[1], st.block_size
@@ -252,14 +250,14 @@ def attend_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chosen: torch
     n_forced = int((first == float("inf")).sum())
     n_scored = int(torch.isfinite(first).sum())
     scored = chosen[..., n_forced : n_forced + n_scored]  # [Hkv, T, Ks]
-    kernel = cpu_kernel.available()
+    if cpu_kernel.available(d):
+        # Each query its own key ranges, read from the cache in place by the C kernel: per key it
+        # is as fast as the batched products below and touches only the keys each query chose.
+        return cpu_kernel.attend_ranges(q, k, v, query_ranges(q_start, t, init_to, local_from, scored, bs))
     per_query = False
-    if n_scored and not (kernel and t <= KERNEL_TILE):
+    if n_scored:
         union, member = block_union(scored, s // bs)
         per_query = union.shape[1] > UNION_FACTOR * n_scored
-    if kernel and (per_query or t <= KERNEL_TILE):
-        # Each query its own key ranges, read from the cache in place by the C kernel.
-        return cpu_kernel.attend_ranges(q, k, v, query_ranges(q_start, t, init_to, local_from, scored, bs))
 
     k_a = torch.cat([k[:, :init_to], k[:, local_from:local_to]], dim=1)  # [Hkv, F, D], packed
     v_a = torch.cat([v[:, :init_to], v[:, local_from:local_to]], dim=1)
