@@ -32,9 +32,12 @@ How this CPU path runs it:
 - The compressed keys live beside the KV cache and grow with it. After every prefill chunk or decode
   step the kernels completed by the new keys are averaged from the cached keys. The uncompressed
   tail is the cache itself, so nothing is copied; a C1 key appears every 16 tokens and a C2 key every 64.
-- Queries go through in tiles. For each tile, every KV group gathers the union of the blocks its
-  queries selected and computes one masked product with it, so each query still sees exactly its own
-  blocks. Matrix products run in the model's dtype; scores, softmax and selection run in float32.
+- Queries go through in tiles of one query block (64 tokens), whose queries share their forced
+  blocks. Stage 1 runs in torch, as batched products over the compressed keys. Stage 2 runs in a
+  small C kernel (runtime/cpu_kernel.py) that reads each query's own key ranges from the cache in
+  place. Without a C compiler torch does stage 2 too: as one masked product with the tile's union
+  of chosen blocks when neighbouring queries chose alike, or with per-query gathers when they did
+  not. Products run in the model's dtype; scores, softmax and selection in float32.
 """
 
 from __future__ import annotations
@@ -317,7 +320,8 @@ def query_ranges(q_start: int, t: int, init_to: int, local_from: int, scored: to
     ranges = torch.empty(hkv, t, 2 + ks, 2, dtype=torch.long, device=dev)
     ends = torch.arange(q_start + 1, q_start + t + 1, device=dev)  # causal: up to the query itself
     ranges[:, :, 0, 0], ranges[:, :, 0, 1] = 0, ends.clamp(max=init_to)
-    ranges[:, :, 1, 0], ranges[:, :, 1, 1] = local_from, ends
+    # In the init block itself the window starts past the query: an empty range at the query.
+    ranges[:, :, 1, 0], ranges[:, :, 1, 1] = ends.clamp(max=local_from), ends
     ranges[:, :, 2:, 0] = scored * bs
     ranges[:, :, 2:, 1] = scored * bs + bs
     return ranges

@@ -244,3 +244,23 @@ def test_sparse_attention_from_the_command_line(tiny_minicpm, tiny_gguf):
     assert on_llama.returncode == 0 and "llama.cpp has no InfLLM v2 sparse attention" in on_llama.stderr
     assert_user_error(run_cli(*args, "--model", str(tiny_minicpm), "--sparse", "on", "--sparse-window", "100"),
                       "window_size")
+
+
+def test_runtime_notices_are_said_once(tiny_minicpm):
+    """A path that cannot honour sparse attention says so once, however many layers meet it."""
+    code = (
+        "import logging, torch\n"
+        "from tui.cli import show_runtime_notices\n"
+        "from runtime.loading import load_torch_model\n"
+        "from runtime.sparse_attention import SparseSettings\n"
+        "show_runtime_notices()\n"
+        f"model = load_torch_model({str(tiny_minicpm)!r}, 'float32').model\n"
+        "model.sparse = SparseSettings(block_size=16, kernel_size=8, kernel_stride=4, window_size=32, topk=3, dense_len=0)\n"
+        "model(torch.randint(3, 500, (2, 40)))\n"  # a batch of two: the sparse path takes one sequence
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("minicpm: note:")]
+    assert len(notes) == 1 and "runs dense attention" in notes[0]

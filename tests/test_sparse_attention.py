@@ -212,6 +212,10 @@ def test_every_stage2_strategy_matches_the_reference(monkeypatch, strategy):
     same = [i for i in range(length) if all(fast_sel[g, i] == selections[g, i] for g in range(2))]
     out = fast_attention(q, k, v, 0, SMALL, chunks=[200, 517])
     torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
+    # A context still inside its first block (a short prompt) is plain causal attention.
+    short = fast_attention(q[:, :11], k[:, :11], v[:, :11], 0, SMALL, chunks=[7, 8, 9, 10, 11])
+    torch.testing.assert_close(short, dense_attention(q[None, :, :11], k[None, :, :11], v[None, :, :11], 0)[0],
+                               atol=1e-5, rtol=1e-5)
     decoded = fast_attention(q, k, v, 0, SMALL, chunks=list(range(480, 518)))  # one query at a time
     torch.testing.assert_close(decoded[:, 480:][:, [i - 480 for i in same if i >= 480]],
                                ref[:, [i for i in same if i >= 480]].float(), atol=1e-5, rtol=1e-5)
