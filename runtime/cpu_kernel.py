@@ -1,4 +1,5 @@
-"""The InfLLM v2 CPU kernel (runtime/kernels/infllm_cpu.c): built on first use, called via ctypes.
+"""The InfLLM v2 CPU kernels (runtime/kernels/infllm_cpu.c: stage 1, block selection, and stage 2,
+attention over the selected ranges): built on first use, called via ctypes.
 
 Why a small C library and not a torch extension: it needs no torch headers, no ninja and no
 matching compiler ABI, builds in about a second with the C compiler every Linux machine with
@@ -26,7 +27,8 @@ import torch
 from runtime.notices import notify_once
 
 SOURCE = Path(__file__).parent / "kernels" / "infllm_cpu.c"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# -ffast-math for vectorised reductions, but infinities stay: the selection marks blocks with +-inf.
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-shared", "-fPIC"]
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
 
@@ -85,6 +87,10 @@ def library() -> ctypes.CDLL | None:
                     fn = getattr(lib, name)
                     fn.restype = ctypes.c_int
                     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+                for name in ("infllm_select_blocks_f32", "infllm_select_blocks_bf16"):
+                    fn = getattr(lib, name)
+                    fn.restype = ctypes.c_int
+                    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 18 + [ctypes.c_float, ctypes.c_int]
                 _library = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 _failure = f"building it failed ({exc})"
@@ -123,3 +129,33 @@ def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: tor
     if status != 0:
         raise ValueError(f"the InfLLM v2 CPU kernel does not take {g} heads per group of dimension {d}")
     return out
+
+
+def select_blocks(q: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor | None, q_start: int, kernels: list[tuple[int, int]],
+                  block_size: int, init_blocks: int, local_blocks: int, n_blocks: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1 as runtime.sparse_attention.select_blocks defines it, fused in C.
+
+    q: [Hkv, G, T, D]; c1, c2: [Hkv, n, D] compressed keys with contiguous rows (c2 None: exact LSE);
+    kernels: [(size, stride)] of C1 (and C2). Returns chosen [Hkv, T, keep] int64 and their scores
+    [Hkv, T, keep] float32, as the torch function does. Call only when available().
+    """
+    lib = library()
+    hkv, g, t, d = q.shape
+    if q.dtype not in (torch.float32, torch.bfloat16) or c1.dtype != q.dtype:
+        raise TypeError(f"the InfLLM v2 CPU kernel takes float32 or bfloat16, got {q.dtype}")
+    for keys in (c1, c2):
+        if keys is not None and (keys.stride(-1) != 1 or keys.stride(-2) != d):
+            raise ValueError("compressed keys need contiguous rows")
+    q = q.contiguous()
+    chosen = torch.empty(hkv, t, keep, dtype=torch.int64)
+    values = torch.empty(hkv, t, keep, dtype=torch.float32)
+    (size1, stride1), (size2, stride2) = kernels[0], kernels[1] if len(kernels) > 1 else (0, 1)
+    n2 = 0 if c2 is None else c2.shape[1]
+    fn = lib.infllm_select_blocks_f32 if q.dtype == torch.float32 else lib.infllm_select_blocks_bf16
+    status = fn(q.data_ptr(), c1.data_ptr(), c1.data_ptr() if c2 is None else c2.data_ptr(), chosen.data_ptr(),
+                values.data_ptr(), hkv, g, t, d, c1.shape[1], c1.stride(0), n2, c1.stride(0) if c2 is None else c2.stride(0),
+                q_start, size1, stride1, size2, stride2, block_size, init_blocks, local_blocks, n_blocks, keep,
+                d**-0.5, torch.get_num_threads())
+    if status != 0:
+        raise ValueError(f"the InfLLM v2 CPU kernel could not select blocks (status {status}, head_dim {d})")
+    return chosen, values

@@ -33,11 +33,14 @@ How this CPU path runs it:
   step the kernels completed by the new keys are averaged from the cached keys. The uncompressed
   tail is the cache itself, so nothing is copied; a C1 key appears every 16 tokens and a C2 key every 64.
 - Queries go through in tiles of one query block (64 tokens), whose queries share their forced
-  blocks. Stage 1 runs in torch, as batched products over the compressed keys. Stage 2 runs in a
-  small C kernel (runtime/cpu_kernel.py) that reads each query's own key ranges from the cache in
-  place. Without a C compiler torch does stage 2 too: as one masked product with the tile's union
+  blocks. Both stages run in a small C kernel (runtime/cpu_kernel.py): stage 1 fused (scores, LSE,
+  group sum, pooling and top-k in one pass per query, which matters for decode, where two dozen
+  small torch operations per layer cost more than the arithmetic), stage 2 reading each query's
+  own key ranges from the cache in place. Without a C compiler both run in torch: stage 1 as
+  batched products over the compressed keys, stage 2 as one masked product with the tile's union
   of chosen blocks when neighbouring queries chose alike, or with per-query gathers when they did
-  not. Products run in the model's dtype; scores, softmax and selection in float32.
+  not. Scores, softmax and selection run in float32 (torch's products in the model's dtype), so
+  the two implementations can part only at blocks whose scores tie to float32 rounding.
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     """
     st = compressed.settings
     hkv, g, t, d = q.shape
+    n_blocks = -(-length // st.block_size)
+    if cpu_kernel.available(d) and q.device.type == "cpu":  # the same computation, fused in C
+        c2 = compressed.visible(1)[0][0] if st.use_lse else None
+        return cpu_kernel.select_blocks(q, compressed.visible(0)[0][0], c2, q_start, compressed.kernels,
+                                        st.block_size, st.init_blocks, st.local_blocks, n_blocks,
+                                        min(st.selected_blocks, n_blocks))
     scale = d**-0.5
     pos = torch.arange(q_start, q_start + t, device=q.device)  # [T]
 
@@ -194,7 +203,6 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     per_block = st.block_size // st.kernel_stride
     pad = st.kernel_size // st.kernel_stride - 1
     window = per_block + pad
-    n_blocks = -(-length // st.block_size)
     right = max(0, n_blocks * per_block + window - per_block - pad - score.shape[-1])
     padded = torch.nn.functional.pad(score, (pad, right), value=float("-inf"))
     block_score = padded.unfold(-1, window, per_block)[..., :n_blocks, :].amax(dim=-1)  # [Hkv, T, nb]
@@ -253,7 +261,7 @@ def attend_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chosen: torch
     n_forced = int((first == float("inf")).sum())
     n_scored = int(torch.isfinite(first).sum())
     scored = chosen[..., n_forced : n_forced + n_scored]  # [Hkv, T, Ks]
-    if cpu_kernel.available(d):
+    if cpu_kernel.available(d) and q.device.type == "cpu":
         # Each query its own key ranges, read from the cache in place by the C kernel: per key it
         # is as fast as the batched products below and touches only the keys each query chose.
         return cpu_kernel.attend_ranges(q, k, v, query_ranges(q_start, t, init_to, local_from, scored, bs))

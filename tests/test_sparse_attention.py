@@ -68,9 +68,21 @@ def fast_attention(q, k, v, q_start, st, chunks=None):
     return torch.cat(out, dim=1)
 
 
+@pytest.fixture(params=["torch", "c-kernel"])
+def stage1(request, monkeypatch):
+    """Both implementations of stage 1: torch operations, and the fused C kernel."""
+    from runtime import cpu_kernel
+
+    if request.param == "torch":
+        monkeypatch.setattr(cpu_kernel, "available", lambda head_dim=64: False)
+    else:
+        assert cpu_kernel.available(16), "this machine has a C compiler: the kernel must build"
+    return request.param
+
+
 @pytest.mark.parametrize("use_lse", [True, False])
 @pytest.mark.parametrize("length", [300, 517])  # not multiples of the block size
-def test_stage1_selects_the_reference_blocks(length, use_lse):
+def test_stage1_selects_the_reference_blocks(length, use_lse, stage1):
     st = dataclasses.replace(SMALL, use_lse=use_lse)
     q, k, v = qkv(6, 2, length, 16, seed=length)
     _, _, ref, ref_scores = reference_attention(q, k, v, 0, st)
