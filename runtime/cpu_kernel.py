@@ -27,8 +27,11 @@ import torch
 from runtime.notices import notify_once
 
 SOURCE = Path(__file__).parent / "kernels" / "infllm_cpu.c"
-# -ffast-math for vectorised reductions, but infinities stay: the selection marks blocks with +-inf.
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-shared", "-fPIC"]
+# -ffast-math for vectorised reductions and exp, but infinities stay: the selection marks blocks
+# with +-inf. It is given to the compile step only: linking a shared library with it adds GCC's
+# crtfastmath, which on load would switch the whole process to flush denormals to zero.
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
 
@@ -51,7 +54,7 @@ def _cpu_signature() -> str:
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(FLAGS + version).encode() + _cpu_signature().encode()
+        SOURCE.read_bytes() + " ".join(COMPILE_FLAGS + LINK_FLAGS + version).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"infllm_cpu-{key}.so"
     if target.is_file():
@@ -59,13 +62,17 @@ def _build(compiler: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    obj = tmp[: -len(".so")] + ".o"
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
+        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj],
+                    [compiler, *LINK_FLAGS, obj, "-o", tmp, "-lm"]):
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "compiler failed")
         os.replace(tmp, target)  # atomic: a concurrent build never sees half a library
     finally:
         Path(tmp).unlink(missing_ok=True)
+        Path(obj).unlink(missing_ok=True)
     return target
 
 
@@ -100,9 +107,9 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
-def available(head_dim: int = 64) -> bool:
-    """Whether the kernel runs here for this head dimension (it takes up to 256)."""
-    return head_dim <= 256 and library() is not None
+def available(head_dim: int = 64, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels run here for this head dimension (up to 256) and dtype (float32, bfloat16)."""
+    return head_dim <= 256 and dtype in (torch.float32, torch.bfloat16) and library() is not None
 
 
 def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,8 @@ STEP_BYTES = 16 * 2**20
 # most this many times one query's blocks; beyond it, a per-query gather costs less (measured:
 # per key, the gather path costs about 3x the batched product).
 UNION_FACTOR = 3
+# Largest exponent in a stage-1 score (the C kernel uses the same cap).
+MAX_EXPONENT = 80.0
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,11 @@ class SparseSettings:
         for name in ("kernel_size", "kernel_stride", "block_size", "topk"):
             if getattr(self, name) < 1:
                 raise UnsupportedModelError(f"sparse attention: {name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("init_blocks", "window_size", "dense_len"):
+        for name in ("init_blocks", "window_size"):
             if getattr(self, name) < 0:
                 raise UnsupportedModelError(f"sparse attention: {name} must not be negative (got {getattr(self, name)})")
+        if self.dense_len < -1:  # upstream's -1 means sparse from the first token, as 0 does here
+            raise UnsupportedModelError(f"sparse attention: dense_len must be -1 or more (got {self.dense_len})")
         s = self.kernel_stride
         if self.block_size % s or self.kernel_size % s or self.kernel_size < s:
             raise UnsupportedModelError(
@@ -166,7 +170,7 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     st = compressed.settings
     hkv, g, t, d = q.shape
     n_blocks = -(-length // st.block_size)
-    if cpu_kernel.available(d) and q.device.type == "cpu":  # the same computation, fused in C
+    if cpu_kernel.available(d, q.dtype) and q.device.type == "cpu":  # the same computation, fused in C
         c2 = compressed.visible(1)[0][0] if st.use_lse else None
         return cpu_kernel.select_blocks(q, compressed.visible(0)[0][0], c2, q_start, compressed.kernels,
                                         st.block_size, st.init_blocks, st.local_blocks, n_blocks,
@@ -174,10 +178,12 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     scale = d**-0.5
     pos = torch.arange(q_start, q_start + t, device=q.device)  # [T]
 
-    rows = q.reshape(hkv, g * t, d)  # a group's heads share its keys: one product, no broadcast copies
+    # Scores in float32 from the start: a bfloat16 product keeps 3 digits, enough to reorder blocks
+    # near the top-k cut. A group's heads share its keys: one product, no broadcast copies.
+    rows = q.reshape(hkv, g * t, d).float()
 
     def logits(keys: torch.Tensor) -> torch.Tensor:  # keys [Hkv, n, D] -> [Hkv, G, T, n] float32
-        return group_scores(rows, keys).float().mul_(scale).view(hkv, g, t, -1)
+        return group_scores(rows, keys.float()).mul_(scale).view(hkv, g, t, -1)
 
     c1, ends1 = compressed.visible(0)
     s1 = logits(c1[0])  # [Hkv, G, T, n1]
@@ -197,7 +203,9 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     else:
         lse = torch.logsumexp(s1, dim=-1)
     lse = torch.nan_to_num(lse, neginf=0.0)  # no visible kernel at all: every probability is 0 anyway
-    score = s1.sub_(lse.unsqueeze(-1)).exp_().sum(dim=1)  # [Hkv, T, n1], summed over the group
+    # The approximate LSE can sit far below a C1 logit; capping the exponent keeps every score finite,
+    # so +inf marks forced blocks only (80: the sum over 32 heads still fits in float32).
+    score = s1.sub_(lse.unsqueeze(-1)).clamp_(max=MAX_EXPONENT).exp_().sum(dim=1)  # [Hkv, T, n1], summed over the group
 
     # Block k: max over the kernels overlapping tokens [B*k, B*k + B).
     per_block = st.block_size // st.kernel_stride
@@ -261,7 +269,7 @@ def attend_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chosen: torch
     n_forced = int((first == float("inf")).sum())
     n_scored = int(torch.isfinite(first).sum())
     scored = chosen[..., n_forced : n_forced + n_scored]  # [Hkv, T, Ks]
-    if cpu_kernel.available(d) and q.device.type == "cpu":
+    if cpu_kernel.available(d, q.dtype) and q.device.type == "cpu":
         # Each query its own key ranges, read from the cache in place by the C kernel: per key it
         # is as fast as the batched products below and touches only the keys each query chose.
         return cpu_kernel.attend_ranges(q, k, v, query_ranges(q_start, t, init_to, local_from, scored, bs))
@@ -379,7 +387,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start:
             raise UnsupportedModelError("the torch sparse attention runs one sequence at a time (batch size 1)")
         qg = q[0].reshape(hkv, h // hkv, t, d)
         k0, v0 = k[0], v[0]
-        if k0.stride(-2) != d:  # a fresh projection (no cache) is laid out token-major: copy once
+        if k0.stride(-2) != d or v0.stride() != k0.stride():  # a fresh projection (no cache) is token-major: copy once
             k0, v0 = k0.contiguous(), v0.contiguous()
         n_kernels = sum(compressed.counts)
         stage1_step = max(1, STEP_BYTES // (h * 4 * max(1, n_kernels)))  # float32 scores per query

@@ -74,7 +74,7 @@ def stage1(request, monkeypatch):
     from runtime import cpu_kernel
 
     if request.param == "torch":
-        monkeypatch.setattr(cpu_kernel, "available", lambda head_dim=64: False)
+        monkeypatch.setattr(cpu_kernel, "available", lambda *args: False)
     else:
         assert cpu_kernel.available(16), "this machine has a C compiler: the kernel must build"
     return request.param
@@ -171,6 +171,9 @@ def test_settings_and_modes():
         SparseSettings(block_size=50)
     with pytest.raises(UnsupportedModelError, match="window_size"):
         SparseSettings(window_size=100)
+    assert SparseSettings(dense_len=-1).dense_len == -1  # upstream's "sparse from the start"
+    with pytest.raises(UnsupportedModelError, match="dense_len"):
+        SparseSettings(dense_len=-2)
     cfg = SparseSettings.from_config(SparseConfig(topk=32), window_size=1024)
     assert (cfg.topk, cfg.window_size, cfg.selected_blocks) == (32, 1024, 48)
     assert SparseSettings().selected_blocks == 96
@@ -215,7 +218,7 @@ def test_every_stage2_strategy_matches_the_reference(monkeypatch, strategy):
     if strategy == "c-kernel":
         assert cpu_kernel.available(16), "this machine has a C compiler: the kernel must build"
     else:
-        monkeypatch.setattr(cpu_kernel, "available", lambda head_dim=64: False)
+        monkeypatch.setattr(cpu_kernel, "available", lambda *args: False)
         monkeypatch.setattr(sparse, "UNION_FACTOR", 0 if strategy == "torch-per-query" else 10_000)
     length = 517
     q, k, v = qkv(6, 2, length, 16, seed=9)
@@ -241,3 +244,61 @@ def test_the_c_kernel_in_bfloat16_stays_close_to_float32():
     exact = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128), k, v, ranges)
     half = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128).bfloat16(), k.bfloat16(), v.bfloat16(), ranges)
     assert (half.float() - exact).abs().max() < 0.02
+
+
+def both_selections(q, k, q_start, st, monkeypatch):
+    """(torch, C) stage-1 selections for the same inputs."""
+    from runtime import cpu_kernel
+
+    c_sel = fast_selection(q, k, q_start, st)
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_kernel, "available", lambda *args: False)
+        torch_sel = fast_selection(q, k, q_start, st)
+    return torch_sel, c_sel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_and_c_stage1_agree(dtype, monkeypatch):
+    """Both score in float32 (bfloat16 products would reorder blocks near the cut), so in either
+    dtype they part only where float32 summation order decides a tie."""
+    st = dataclasses.replace(SMALL, init_blocks=2)  # 2 init blocks: the second is future to block 0
+    q, k, _ = qkv(6, 2, 700, 32, seed=21, dtype=dtype)
+    torch_sel, c_sel = both_selections(q, k, 0, st, monkeypatch)
+    assert torch_sel[0, 3] == c_sel[0, 3] == {0}  # block 1 is in the future: never selected
+    same = sum(torch_sel[key] == c_sel[key] for key in torch_sel)
+    assert same >= 0.99 * len(torch_sel)
+
+
+def test_a_runaway_score_never_passes_for_a_forced_block(monkeypatch):
+    """With the LSE approximation a C1 logit can exceed the coarse LSE by far; its score is capped,
+    so +inf still marks exactly the forced blocks and every query keeps all its scored blocks."""
+    q, k, v = qkv(6, 2, 400, 16, seed=22)
+    k[:, 100:104] *= 400.0  # four huge keys: one C1 kernel towers over the C2 kernel around it
+    q = q * 50.0
+    from runtime import cpu_kernel
+
+    compressed = CompressedKeys(SMALL, 1, 2, 16, 400, k.dtype)
+    compressed.update(k[None])
+    forced = 1 + SMALL.local_blocks + 1  # init, the window, the query's own block
+    for kernel in (True, False):
+        with monkeypatch.context() as patch:
+            if not kernel:
+                patch.setattr(cpu_kernel, "available", lambda *args: False)
+            _, values = select_blocks(q[:, 380:].reshape(2, 3, 20, 16), compressed, 380, 400)
+        assert ((values == float("inf")).sum(-1) == forced).all(), f"C kernel: {kernel}"
+        assert torch.isfinite(values[..., forced:]).all()
+
+
+def test_loading_the_kernel_leaves_floating_point_alone():
+    """A library linked with -ffast-math would switch the process to flush denormals to zero."""
+    code = (
+        "from runtime import cpu_kernel\n"
+        "assert cpu_kernel.library() is not None\n"
+        "tiny = float('1e-310')\n"
+        "assert tiny * 0.5 > 0, 'denormals are flushed to zero after loading the kernel'\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

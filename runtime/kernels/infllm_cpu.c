@@ -155,6 +155,8 @@ static void heap_sift_up(Pick *heap, int64_t at) {
     }
 }
 
+#define MAX_EXPONENT 80.0f /* runtime/sparse_attention.py's MAX_EXPONENT */
+
 static inline int64_t visible_kernels(int64_t pos, int64_t n, int64_t size, int64_t stride) {
     if (pos < size - 1) return 0;
     int64_t v = (pos - size + 1) / stride + 1;
@@ -204,14 +206,17 @@ static float log_sum_exp(const float *x, int64_t n) {
                             s[j] = dot * scale;                                                          \
                         }                                                                                \
                         const float lse = vis2 ? log_sum_exp(s + vis1, vis2) : log_sum_exp(s, vis1);     \
-                        for (int64_t j = 0; j < vis1; j++) score[j] += expf(s[j] - lse);                 \
+                        for (int64_t j = 0; j < vis1; j++) { /* capped as in the torch path */           \
+                            const float e = s[j] - lse;                                                  \
+                            score[j] += expf(e < MAX_EXPONENT ? e : MAX_EXPONENT);                       \
+                        }                                                                                \
                     }                                                                                    \
                     int64_t *out_i = chosen + (h * tokens + t) * keep;                                   \
                     float *out_v = values + (h * tokens + t) * keep;                                     \
                     int64_t filled = 0, heap_n = 0;                                                      \
                     const int64_t local_from = q_block - local_blocks;                                   \
                     for (int64_t k = 0; k < n_blocks && filled < keep; k++) { /* forced, ascending */    \
-                        if (k < init_blocks || (k >= local_from && k <= q_block)) {                      \
+                        if ((k < init_blocks || k >= local_from) && k <= q_block) {                      \
                             out_i[filled] = k;                                                           \
                             out_v[filled++] = INFINITY;                                                  \
                         }                                                                                \
