@@ -262,8 +262,6 @@ def retype_gguf(
 
     Metadata is copied as it is; every tensor is dequantized exactly (gguf.quants) and re-encoded.
     """
-    import gguf
-
     from runtime.gguf_model import GGUFModelFile
 
     src, out_path = Path(src), Path(out_path)
@@ -275,18 +273,26 @@ def retype_gguf(
         plan.append((t.name, shape, _out_type(t.name, shape, outtype), t))
 
     def metadata(writer) -> None:
-        for key, fld in source.reader.fields.items():
-            if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
-                continue
-            kind = fld.types[0]
-            if kind == gguf.GGUFValueType.ARRAY:
-                writer.add_key_value(key, fld.contents(), kind, sub_type=fld.types[-1])
-            else:
-                writer.add_key_value(key, fld.contents(), kind)
+        copy_metadata(source.reader, writer, skip={"general.file_type"})
         writer.add_file_type(FILE_TYPES[outtype])
 
     _write_gguf(out_path, source.architecture, metadata, plan, lambda t, _: source._dequantize(t), progress)
     return out_path
+
+
+def copy_metadata(reader, writer, skip: set[str] = frozenset()) -> None:
+    """Every metadata key of a GGUFReader into a GGUFWriter, with its type, except the file's own
+    bookkeeping (GGUF.*), the architecture (the writer sets it) and the keys in skip."""
+    import gguf
+
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in skip:
+            continue
+        kind = fld.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, fld.contents(), kind, sub_type=fld.types[-1])
+        else:
+            writer.add_key_value(key, fld.contents(), kind)
 
 
 def _check_output(out_path: Path, outtype: str, force: bool) -> None:

@@ -116,16 +116,11 @@ def copy_without_key(src, dst, dropped: str):
     """src rewritten with one metadata key left out (as older converters wrote their files)."""
     import gguf
 
+    from runtime.convert import copy_metadata
+
     source = GGUFModelFile(src)
     writer = gguf.GGUFWriter(str(dst), source.architecture)
-    for key, fld in source.reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", dropped):
-            continue
-        kind = fld.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(key, fld.contents(), kind, sub_type=fld.types[-1])
-        else:
-            writer.add_key_value(key, fld.contents(), kind)
+    copy_metadata(source.reader, writer, skip={dropped})
     for t in source.reader.tensors:
         writer.add_tensor(t.name, source._dequantize(t))
     writer.write_header_to_file()
