@@ -39,8 +39,8 @@ How this CPU path runs it:
   own key ranges from the cache in place. Without a C compiler both run in torch: stage 1 as
   batched products over the compressed keys, stage 2 as one masked product with the tile's union
   of chosen blocks when neighbouring queries chose alike, or with per-query gathers when they did
-  not. Scores, softmax and selection run in float32 (torch's products in the model's dtype), so
-  the two implementations can part only at blocks whose scores tie to float32 rounding.
+  not. Stage 1 runs in float32 in both, so they can part only at blocks whose scores tie to
+  float32 rounding; stage 2 keeps float32 softmax statistics over products in the model's dtype.
 """
 
 from __future__ import annotations
