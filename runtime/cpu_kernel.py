@@ -43,12 +43,11 @@ def cache_dir() -> Path:
 
 def _cpu_signature() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: the processor name is the best key there is
+        cpuinfo = ""
+    flags = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
+    return flags[0] if flags else platform.processor() or platform.machine()
 
 
 def _build(compiler: str) -> Path:

@@ -36,9 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def show_runtime_notices() -> None:
     """The runtime says what it could not honour through the "minicpm" logger (runtime/notices.py)."""
+    logger = logging.getLogger("minicpm")
+    if any(getattr(h, "minicpm_cli", False) for h in logger.handlers):
+        return  # main() called again in one process (tests, embedding): one handler, each note once
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("minicpm: note: %(message)s"))
-    logger = logging.getLogger("minicpm")
+    handler.minicpm_cli = True
     logger.addHandler(handler)
     logger.propagate = False
 
