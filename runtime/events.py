@@ -8,17 +8,21 @@ A stream is a sequence of events:
 - prefill progress: `prompt_processed` rises towards `prompt_tokens`, with no token and no text;
 - one event per generated token: `token`, its `logprob`, and `text`, the new text it completes
   (possibly "" while a multi-byte character or a possible stop string is held back);
-- a final event with `finish_reason` set, carrying any text still held back.
+- a final event with `finish_reason` set, carrying any text still held back, and, when the model
+  called tools, the parsed `tool_calls` (finish_reason "tool_calls") or the `tool_call_error` that
+  says why its attempt could not be read (runtime/tool_calls/).
 Every event carries the running usage and timing, so a consumer can stop reading at any point.
+While a tool call is being written its text is held back, so `text` deltas are the reply's prose only.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 # Seeds are 32-bit in llama.cpp, whose 0xFFFFFFFF means "pick one at random": one range for all backends.
 MAX_SEED = 2**32 - 1
 
@@ -65,12 +69,28 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One call the model asked for: a tool name and its arguments, already parsed from JSON."""
+
+    id: str  # "call_..." locally; the server's id on the openai backend
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire shape, whose arguments are a JSON string."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+
+
+@dataclass(frozen=True)
 class GenerationEvent:
     text: str = ""  # new text since the previous event
-    token: int | None = None  # the generated token id, on per-token events
+    token: int | None = None  # the generated token id, on per-token events (None from a remote server)
     logprob: float | None = None  # log p(token) under the model's raw distribution (no sampling transforms)
     top_logprobs: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
     finish_reason: FinishReason | None = None  # set on the last event only
+    tool_calls: tuple[ToolCall, ...] = ()  # last event only: the calls the reply asked for
+    tool_call_error: str | None = None  # last event only: why a tool call the model began is unusable
     prompt_tokens: int = 0
     prompt_processed: int = 0  # prompt tokens prefilled so far (progress of a long prefill)
     completion_tokens: int = 0
@@ -79,7 +99,8 @@ class GenerationEvent:
 
     @property
     def is_progress(self) -> bool:
-        return self.token is None and self.finish_reason is None
+        # A remote server (the openai backend) reports no token ids: its deltas are text with token None.
+        return self.token is None and self.finish_reason is None and not self.text
 
     @property
     def prefill_tokens_per_second(self) -> float:

@@ -15,7 +15,7 @@ import torch
 
 from runtime.events import MAX_SEED, GenerationEvent, SamplingParams
 from runtime.model import CausalLM
-from runtime.sampling import sample_token
+from runtime.sampling import sample_allowed_token, sample_token
 from runtime.streaming import Step, events_from_steps, token_budget
 from runtime.tokenizer import Tokenizer
 
@@ -43,8 +43,12 @@ def generate_steps(
     context_length: int,
     generator: torch.Generator | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
+    guard=None,
 ) -> Iterator[Step]:
-    """Yield prefill progress, then every sampled token (a stop id included) until done."""
+    """Yield prefill progress, then every sampled token (a stop id included) until done.
+
+    guard: a ToolCallGuard (runtime/tool_calls/guard.py) that sees each token and, inside a tool
+    call, restricts the choice to tokens that keep the call valid."""
     budget = token_budget(len(prompt), params.max_tokens, context_length)
     cache = model.new_cache(capacity=len(prompt) + budget, rope_length=context_length)
     ids = torch.tensor([prompt], dtype=torch.long)  # [1, T]
@@ -55,7 +59,15 @@ def generate_steps(
 
     history = list(prompt)
     for i in range(budget):
-        token = sample_token(logits, params, history, generator)
+        token = None
+        if guard is not None and guard.constraining:
+            token = sample_allowed_token(logits, params, history, generator, guard.allows)
+            if token is None:
+                guard.give_up()
+        if token is None:
+            token = sample_token(logits, params, history, generator)
+        if guard is not None:
+            guard.accept(token)
         yield scored_step(logits, token, params, len(prompt))
         if token in stop_ids or i == budget - 1:
             return
@@ -70,6 +82,7 @@ def stream_generate(
     params: SamplingParams,
     context_length: int | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
+    guard=None,
 ) -> Iterator[GenerationEvent]:
     """Generate from prompt ids, yielding GenerationEvents (see runtime/events.py)."""
     context_length = context_length or model.config.max_position_embeddings
@@ -77,5 +90,5 @@ def stream_generate(
     stop_ids = set(tokenizer.stop_token_ids) | set(params.stop_token_ids)
     seed = params.seed if params.seed is not None else random.randrange(MAX_SEED)
     generator = torch.Generator().manual_seed(seed)
-    steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk)
+    steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk, guard)
     return events_from_steps(steps, tokenizer.decode, prompt, params, stop_ids)

@@ -55,3 +55,42 @@ def sample_token(
         return int(torch.argmax(logits))
     probs = torch.softmax(filter_logits(logits, params), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# How far down the model's ranking a constrained step looks before giving up on the constraint.
+MAX_CANDIDATES = 2048
+MAX_REDRAWS = 16
+
+
+def sample_allowed_token(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    history: list[int],
+    generator: torch.Generator | None,
+    allows,
+) -> int | None:
+    """Like sample_token, restricted to tokens that allows(token) accepts (constrained decoding).
+
+    Draws from the filtered distribution and redraws without each rejected token, which samples
+    exactly the masked distribution. When the filters (top-k, top-p, min-p) leave no allowed token,
+    the constraint wins: the best allowed token by raw logit is taken. None if none of the best
+    MAX_CANDIDATES is allowed.
+    """
+    if params.repetition_penalty != 1.0:
+        recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
+        logits = apply_repetition_penalty(logits, torch.tensor(recent, dtype=torch.long), params.repetition_penalty)
+    tried: set[int] = set()
+    if params.temperature > 0:
+        probs = torch.softmax(filter_logits(logits, params), dim=-1)
+        for _ in range(MAX_REDRAWS):
+            if float(probs.sum()) <= 0:
+                break
+            token = int(torch.multinomial(probs, 1, generator=generator))
+            if allows(token):
+                return token
+            tried.add(token)
+            probs[token] = 0.0
+    for token in torch.topk(logits, min(MAX_CANDIDATES, logits.numel())).indices.tolist():
+        if token not in tried and allows(token):
+            return token
+    return None

@@ -86,6 +86,7 @@ class StopStringMatcher:
     def __init__(self, stops: tuple[str, ...]):
         self.stops = stops
         self.held = ""
+        self.after = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was reached)."""
@@ -95,6 +96,7 @@ class StopStringMatcher:
         hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
         if hits:
             self.held = ""
+            self.after = buf[min(hits) :]  # the stop string and what came with it, for callers that go on
             return buf[: min(hits)], True
         keep = 0  # the longest tail of buf that is a prefix of some stop string
         for stop in self.stops:

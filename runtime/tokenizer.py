@@ -49,7 +49,9 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.backend.decode(ids, skip_special_tokens=True)
+        # Special tokens rendered: tool-call markers and <think> may be special tokens, and stop
+        # tokens never reach the text (runtime/streaming.py gives them none).
+        return self.backend.decode(ids, skip_special_tokens=False)
 
     def render_chat(self, messages: list[dict[str, Any]], tools=None, **template_kwargs: Any) -> str:
         return render_chat(

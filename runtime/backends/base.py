@@ -13,7 +13,7 @@ from typing import Any
 from runtime.errors import BackendUnavailableError, MiniCPMError
 from runtime.events import GenerationEvent, SamplingParams
 
-BACKENDS = ("torch", "gguf")
+BACKENDS = ("torch", "gguf", "openai", "auto")
 
 
 class Backend(ABC):
@@ -21,6 +21,8 @@ class Backend(ABC):
     model_label: str  # what the model reference resolved to, for the user
     context_length: int  # the most tokens (prompt + output) one generation may span
     notices: list[str]  # what the user must know about this load (a feature that cannot run, ...)
+    chat_template: str | None = None  # jinja source; None on a remote server (it applies its own)
+    stop_token_ids: set[int] = set()  # ids that end a generation (local backends)
     details: list[str]  # how it was loaded, for --verbose (dtype, dequantized weights, threads)
 
     @abstractmethod
@@ -32,12 +34,39 @@ class Backend(ABC):
         """The prompt text the model's chat template makes of the messages (generation prompt added)."""
 
     @abstractmethod
-    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
-        """Stream events for a prompt given as token ids."""
+    def generate_tokens(self, prompt: list[int], params: SamplingParams, guard=None) -> Iterator[GenerationEvent]:
+        """Stream events for a prompt given as token ids.
 
-    def chat(self, messages: list[dict[str, Any]], params: SamplingParams, **template_kwargs: Any) -> Iterator[GenerationEvent]:
-        """Stream the assistant's reply to messages; template_kwargs reach the chat template."""
-        return self.generate_tokens(self.tokenize(self.render_chat(messages, **template_kwargs)), params)
+        guard: a runtime.tool_calls.guard.ToolCallGuard that sees every token and, once the model
+        begins a tool call, restricts the tokens to those that keep the call valid."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids, special tokens included (the tool-call markers may be special tokens)."""
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] = "auto",
+        dialect: str | None = None,
+        constrained: bool = True,
+        **template_kwargs: Any,
+    ) -> Iterator[GenerationEvent]:
+        """Stream the assistant's reply to messages (OpenAI shape, see runtime/messages.py).
+
+        tools: OpenAI function tools; tool_choice: "auto", "none", "required" or
+        {"type": "function", "function": {"name": ...}}; dialect: minicpm | hermes (None: from the
+        chat template); constrained: write tool calls under their JSON schemas. The last event
+        carries the parsed tool calls. template_kwargs reach the chat template.
+        Raises InvalidRequestError (bad messages or tools) and ContextLengthError before the first event.
+        """
+        from runtime.tool_calls.local import local_chat
+
+        return local_chat(self, messages, params, tools=tools, tool_choice=tool_choice, dialect=dialect,
+                          constrained=constrained, template_kwargs=template_kwargs)
 
     def complete(self, prompt: str, params: SamplingParams) -> Iterator[GenerationEvent]:
         """Stream a continuation of raw text, without the chat template."""
@@ -53,11 +82,14 @@ def load_backend(
     threads: int | None = None,
     sparse: str = "auto",
     sparse_overrides: dict | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
 
     sparse: InfLLM v2 attention, auto | on | off (see runtime/sparse_attention.resolve_sparse);
-    sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...).
+    sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...);
+    base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY).
     """
     if context_length is not None and context_length < 2:
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
@@ -76,4 +108,13 @@ def load_backend(
             backend.notices.append("llama.cpp has no InfLLM v2 sparse attention: the gguf backend runs "
                                    "dense attention (use --backend torch for sparse)")
         return backend
+    if name == "openai":
+        from runtime.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend.load(model, base_url=base_url, api_key=api_key, context_length=context_length)
+    if name == "auto":
+        from runtime.backends.auto import load_auto
+
+        return load_auto(model, dtype=dtype, context_length=context_length, threads=threads, sparse=sparse,
+                         sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

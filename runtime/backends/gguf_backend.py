@@ -1,8 +1,10 @@
 """The `gguf` backend: any GGUF through llama-cpp-python, behind the generation interface.
 
-A thin adapter for now: it renders the chat template and assembles events with the same code as
-the torch backend (runtime/chat_template.py, runtime/streaming.py) and lets llama.cpp do the
-forward passes and the sampling. It imports no torch, so this path stays light.
+A thin adapter: it renders the chat template and assembles events with the same code as the torch
+backend (runtime/chat_template.py, runtime/streaming.py) and lets llama.cpp do the forward passes
+and the sampling. The KV cache is kept between calls, so the next turn of a chat prefills only
+what is new. Torch is imported only to write a constrained tool call (runtime/tool_calls/guard.py),
+whose token choice is the torch backend's own code.
 Differences from the torch backend: llama-cpp-python applies the repetition penalty over the last
 64 generated tokens only (the torch backend also counts the prompt).
 """
@@ -43,6 +45,7 @@ class GGUFBackend(Backend):
         self.chat_template = llm.metadata.get("tokenizer.chat_template")
         # llama.cpp's own end-of-generation set (EOS, end of turn, and the like, found by name).
         self.stop_ids = {t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
+        self.stop_token_ids = self.stop_ids
         self.bos_text = self._piece(llm.token_bos())
         self.eos_text = self._piece(llm.token_eos())
 
@@ -85,7 +88,8 @@ class GGUFBackend(Backend):
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def decode(self, ids: list[int]) -> str:
-        """llama.cpp's detokenizer on the whole list; special tokens are not rendered.
+        """llama.cpp's detokenizer on the whole list, special tokens rendered (as the torch tokenizer does:
+        tool-call markers and <think> may be special tokens).
 
         (llama-cpp-python's Llama.detokenize uses a 32-byte buffer per token and returns nothing for
         longer pieces, such as SmolLM2's runs of 80 '#'.)"""
@@ -99,7 +103,7 @@ class GGUFBackend(Backend):
         size = 8 * len(ids) + 64
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(self.vocab, tokens, len(ids), buf, size, False, False)
+            n = llama_cpp.llama_detokenize(self.vocab, tokens, len(ids), buf, size, False, True)
             if n >= 0:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n  # too small: llama.cpp says how much it needs
@@ -114,43 +118,104 @@ class GGUFBackend(Backend):
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
         return render_chat(self.chat_template, messages, bos_token=self.bos_text, eos_token=self.eos_text, **template_kwargs)
 
-    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
+    def generate_tokens(self, prompt: list[int], params: SamplingParams, guard=None) -> Iterator[GenerationEvent]:
         budget = token_budget(len(prompt), params.max_tokens, self.context_length)
         stop_ids = self.stop_ids | set(params.stop_token_ids)
-        steps = self._steps(prompt, params, budget, stop_ids)
+        steps = self._steps(prompt, params, budget, stop_ids, guard)
         return events_from_steps(steps, self.decode, prompt, params, stop_ids)
 
-    def _steps(self, prompt: list[int], params: SamplingParams, budget: int, stop_ids: set[int]) -> Iterator[Step]:
+    def _reuse_cached_prefix(self, prompt: list[int]) -> int:
+        """Keep the KV cache of the longest prefix the last generation shares with prompt.
+
+        The next turn of a chat starts with the whole previous conversation, so only the new
+        messages are prefilled. At least the prompt's last token is evaluated again: its logits
+        are what the first sample is drawn from.
+        """
+        llm = self.llm
+        cached = llm.input_ids[: llm.n_tokens]
+        limit = min(len(cached), len(prompt) - 1)
+        shared = 0
+        while shared < limit and cached[shared] == prompt[shared]:
+            shared += 1
+        if shared == 0 or not llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            llm.reset()
+            return 0
+        llm.n_tokens = shared
+        return shared
+
+    def _logprobs(self, token: int, top_n: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """log p(token) and the top_n alternatives from the logits the token was drawn from."""
         import numpy as np
         from llama_cpp import llama_get_logits_ith
 
+        n_vocab = self.llm.n_vocab()
+        logits = np.ctypeslib.as_array(llama_get_logits_ith(self.llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+        logprobs = logits - logits.max()
+        logprobs -= np.log(np.exp(logprobs).sum())
+        order = np.argsort(-logprobs)[:top_n]
+        return float(logprobs[token]), tuple((int(t), float(logprobs[t])) for t in order)
+
+    def _constrained_token(self, params: SamplingParams, history: list[int], generator, guard) -> int:
+        """A token the guard allows, drawn in torch from llama.cpp's logits (runtime/sampling.py)."""
+        import numpy as np
+        import torch
+        from llama_cpp import llama_get_logits_ith
+
+        from runtime.sampling import sample_allowed_token, sample_token
+
+        raw = np.ctypeslib.as_array(llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+        logits = torch.from_numpy(raw.copy())  # [V] float32; the buffer changes at the next eval
+        # One torch thread: a few ops on one vector gain nothing from more, and torch's OpenMP
+        # workers spinning beside llama.cpp's own threads slow its next decode many times over.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            token = sample_allowed_token(logits, params, history, generator, guard.allows)
+            if token is None:
+                guard.give_up()
+                token = sample_token(logits, params, history, generator)
+        finally:
+            torch.set_num_threads(threads)
+        return token
+
+    def _steps(self, prompt: list[int], params: SamplingParams, budget: int, stop_ids: set[int], guard) -> Iterator[Step]:
         llm = self.llm
-        llm.reset()
-        for start in range(0, len(prompt), llm.n_batch):  # prefill in batches, reporting progress
+        reused = self._reuse_cached_prefix(prompt)
+        if reused:
+            yield Step(prompt_processed=reused)
+        for start in range(reused, len(prompt), llm.n_batch):  # prefill in batches, reporting progress
             llm.eval(prompt[start : start + llm.n_batch])
             yield Step(prompt_processed=min(start + llm.n_batch, len(prompt)))
-        llm.set_seed(params.seed if params.seed is not None else random.randrange(MAX_SEED))
-        # The whole prompt is in the KV cache now, so generate() starts sampling at once.
-        tokens = llm.generate(
-            prompt,
-            temp=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            repeat_penalty=params.repetition_penalty,
-        )
-        n_vocab = llm.n_vocab()
-        for i, token in enumerate(tokens):
-            logprob, top = None, ()
-            if params.logprobs or params.top_logprobs:
-                # The logits the token was drawn from are still in the context until the next eval.
-                logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
-                logprobs = logits - logits.max()
-                logprobs -= np.log(np.exp(logprobs).sum())
-                logprob = float(logprobs[token])
-                order = np.argsort(-logprobs)[: params.top_logprobs]
-                top = tuple((int(t), float(logprobs[t])) for t in order)
-            yield Step(prompt_processed=len(prompt), token=int(token), logprob=logprob, top_logprobs=top)
-            if token in stop_ids or i == budget - 1:
-                tokens.close()
-                return
+        seed = params.seed if params.seed is not None else random.randrange(MAX_SEED)
+        llm.set_seed(seed)
+        generator = None
+        # One sampler chain for the whole generation (what Llama.generate does): a chain made per
+        # token would draw its random numbers from the same seed every step.
+        llm._sampler = llm._init_sampler(temp=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                                         min_p=params.min_p, repeat_penalty=params.repetition_penalty)
+        history = list(prompt)
+        try:
+            for i in range(budget):
+                if guard is not None and guard.constraining:
+                    if generator is None:
+                        import torch
+
+                        generator = torch.Generator().manual_seed(seed)
+                    token = self._constrained_token(params, history, generator, guard)
+                    llm._sampler.accept(token)  # the chain's repetition history sees it too
+                else:
+                    token = llm.sample(idx=None)
+                token = int(token)
+                logprob, top = None, ()
+                if params.logprobs or params.top_logprobs:
+                    # The logits the token was drawn from are still in the context until the next eval.
+                    logprob, top = self._logprobs(token, params.top_logprobs)
+                if guard is not None:
+                    guard.accept(token)
+                yield Step(prompt_processed=len(prompt), token=token, logprob=logprob, top_logprobs=top)
+                if token in stop_ids or i == budget - 1:
+                    return
+                history.append(token)
+                llm.eval([token])
+        finally:
+            llm._sampler = None

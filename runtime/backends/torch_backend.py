@@ -25,6 +25,8 @@ class TorchBackend(Backend):
                 "expect quality to fall past that point"
             )
         self.context_length = context_length or trained
+        self.chat_template = loaded.tokenizer.chat_template
+        self.stop_token_ids = set(loaded.tokenizer.stop_token_ids)
 
     @classmethod
     def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None,
@@ -48,7 +50,11 @@ class TorchBackend(Backend):
     def render_chat(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
         return self.loaded.tokenizer.render_chat(messages, **template_kwargs)
 
-    def generate_tokens(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationEvent]:
+    def decode(self, ids: list[int]) -> str:
+        return self.loaded.tokenizer.decode(ids)
+
+    def generate_tokens(self, prompt: list[int], params: SamplingParams, guard=None) -> Iterator[GenerationEvent]:
         from runtime.generate import stream_generate
 
-        return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length)
+        return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length,
+                               guard=guard)

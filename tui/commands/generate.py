@@ -18,8 +18,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model/--backend and the load options every model-running verb shares."""
     parser.add_argument("--model", default="default",
                         help="'default' (embedded SmolLM2), an HF checkpoint folder, a .gguf file or a hub id")
-    parser.add_argument("--backend", choices=("torch", "gguf"), default="torch",
-                        help="torch: this project's runtime; gguf: llama.cpp (default: torch)")
+    parser.add_argument("--backend", choices=("torch", "gguf", "openai", "auto"), default="torch",
+                        help="torch: this project's runtime; gguf: llama.cpp; openai: an OpenAI-compatible server "
+                             "at --base-url; auto: torch or gguf, whichever suits the model (default: torch)")
+    parser.add_argument("--base-url", default=None, metavar="URL",
+                        help="the openai backend's server, e.g. http://127.0.0.1:8000/v1 (or MINICPM_BASE_URL); "
+                             "its API key comes from MINICPM_API_KEY or OPENAI_API_KEY")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="torch compute dtype (auto: float32 below 2B parameters, else bfloat16)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
@@ -121,28 +125,28 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MiniCPMError(f"bad sampling option: {exc}") from None
 
-    if args.backend != "torch" and args.dtype != "auto":
+    if args.backend in ("gguf", "openai") and args.dtype != "auto":
         print("minicpm: note: --dtype applies to the torch backend only; llama.cpp computes in the "
               "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads,
-                           sparse=args.sparse, sparse_overrides=sparse_options(args))
+                           sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:
         for detail in [backend.model_label, *backend.details]:
             print(f"minicpm: {detail}", file=sys.stderr)
     if args.raw:
-        prompt = backend.tokenize(prompt_text)
+        events = backend.complete(prompt_text, params)
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt_text}
         ]
-        prompt = backend.tokenize(backend.render_chat(messages, **template_kwargs))
+        events = backend.chat(messages, params, **template_kwargs)
 
     pieces, tokens, logprobs = [], [], []
     last = None
     with PrefillProgress(enabled=not args.json) as progress:
-        for event in backend.generate_tokens(prompt, params):
+        for event in events:
             last = event
             if event.is_progress:
                 progress.update(event.prompt_processed, event.prompt_tokens)

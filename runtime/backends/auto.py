@@ -1,0 +1,45 @@
+"""`--backend auto`: pick the backend that suits the model, and say which and why.
+
+- a --base-url: the `openai` backend (the model lives on that server);
+- an HF checkpoint folder or hub id: `torch` (llama.cpp needs a GGUF; `minicpm convert` makes one);
+- a .gguf file: `gguf`, since llama.cpp runs its quantized weights directly, where the torch
+  runtime would dequantize them; unless InfLLM v2 sparse attention pays off, which llama.cpp lacks:
+  --sparse on, or a MiniCPM4 model with a sparse_config run at a context past its dense_len.
+"""
+
+from __future__ import annotations
+
+from runtime.backends.base import Backend
+
+
+def choose_backend(model: str | None, *, context_length: int | None, sparse: str, base_url: str | None) -> tuple[str, str]:
+    """(backend name, the reason, for the user)."""
+    if base_url:
+        return "openai", f"--base-url {base_url} names a server"
+    from runtime.model_ref import resolve_model
+
+    source = resolve_model(model)
+    if source.format == "hf":
+        return "torch", "an HF checkpoint runs on the torch runtime (llama.cpp would need `minicpm convert` first)"
+    if sparse == "on":
+        return "torch", "--sparse on: llama.cpp has no InfLLM v2 sparse attention"
+    if sparse == "auto":
+        from runtime.gguf_model import GGUFModelFile
+
+        config = GGUFModelFile(source.path).config()
+        sparse_config = config.sparse_config if config.is_minicpm else None
+        context = context_length or config.max_position_embeddings
+        if sparse_config is not None and context > sparse_config.dense_len:
+            return "torch", (f"a MiniCPM4 model with InfLLM v2 sparse attention at a {context}-token context "
+                             f"(sparse from {sparse_config.dense_len}): the torch runtime has it, llama.cpp does not")
+    return "gguf", "a .gguf file on CPU: llama.cpp runs its quantized weights as they are"
+
+
+def load_auto(model: str | None, **options) -> Backend:
+    from runtime.backends.base import load_backend
+
+    name, reason = choose_backend(model, context_length=options.get("context_length"), sparse=options.get("sparse", "auto"),
+                                  base_url=options.get("base_url"))
+    backend = load_backend(name, model, **options)
+    backend.notices.insert(0, f"--backend auto chose {name}: {reason}")
+    return backend
