@@ -3,8 +3,8 @@
 - a --base-url: the `openai` backend (the model lives on that server);
 - an HF checkpoint folder or hub id: `torch` (llama.cpp needs a GGUF; `minicpm convert` makes one);
 - a .gguf file: `gguf`, since llama.cpp runs its quantized weights directly, where the torch
-  runtime would dequantize them; unless InfLLM v2 sparse attention pays off, which llama.cpp lacks:
-  --sparse on, or a MiniCPM4 model with a sparse_config run at a context past its dense_len.
+  runtime would dequantize them; unless --sparse on asks for InfLLM v2 sparse attention, which
+  llama.cpp lacks. (GGUF files carry no sparse_config, so `--sparse auto` never turns it on for one.)
 """
 
 from __future__ import annotations
@@ -20,18 +20,14 @@ def choose_backend(model: str | None, *, context_length: int | None, sparse: str
 
     source = resolve_model(model)
     if source.format == "hf":
+        from runtime.checkpoint import load_hf_config
+
+        config = load_hf_config(source.path)
+        if config.is_minicpm and config.sparse_config is not None and sparse != "off":
+            return "torch", "a MiniCPM4 checkpoint with a sparse_config: the torch runtime has InfLLM v2 sparse attention"
         return "torch", "an HF checkpoint runs on the torch runtime (llama.cpp would need `minicpm convert` first)"
     if sparse == "on":
         return "torch", "--sparse on: llama.cpp has no InfLLM v2 sparse attention"
-    if sparse == "auto":
-        from runtime.gguf_model import GGUFModelFile
-
-        config = GGUFModelFile(source.path).config()
-        sparse_config = config.sparse_config if config.is_minicpm else None
-        context = context_length or config.max_position_embeddings
-        if sparse_config is not None and context > sparse_config.dense_len:
-            return "torch", (f"a MiniCPM4 model with InfLLM v2 sparse attention at a {context}-token context "
-                             f"(sparse from {sparse_config.dense_len}): the torch runtime has it, llama.cpp does not")
     return "gguf", "a .gguf file on CPU: llama.cpp runs its quantized weights as they are"
 
 
