@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from runtime.backends.base import load_backend
-from runtime.backends.openai_backend import UNKNOWN_TOKEN, OpenAIBackend, RemoteServerError, normalise_base_url
+from runtime.backends.openai_backend import OpenAIBackend, RemoteServerError, normalise_base_url
+from runtime.backends.openai_stream import UNKNOWN_TOKEN
 from runtime.errors import BackendUnavailableError, ContextLengthError, MiniCPMError, ModelNotFoundError
 from runtime.events import SamplingParams
 from runtime.messages import InvalidRequestError
