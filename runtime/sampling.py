@@ -57,9 +57,7 @@ def sample_token(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-# How far down the model's ranking a constrained step looks before giving up on the constraint.
-MAX_CANDIDATES = 2048
-MAX_REDRAWS = 16
+MAX_REDRAWS = 16  # draws from the filtered distribution before walking the ranking
 
 
 def sample_allowed_token(
@@ -73,8 +71,9 @@ def sample_allowed_token(
 
     Draws from the filtered distribution and redraws without each rejected token, which samples
     exactly the masked distribution. When the filters (top-k, top-p, min-p) leave no allowed token,
-    the constraint wins: the best allowed token by raw logit is taken. None if none of the best
-    MAX_CANDIDATES is allowed.
+    the constraint wins: the best allowed token by raw logit is taken, walking down the whole
+    ranking if need be (a small model may rank the one valid token below thousands of others: the
+    rest of a forced tool name, say). None if no token of the vocabulary is allowed.
     """
     if params.repetition_penalty != 1.0:
         recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
@@ -90,7 +89,7 @@ def sample_allowed_token(
                 return token
             tried.add(token)
             probs[token] = 0.0
-    for token in torch.topk(logits, min(MAX_CANDIDATES, logits.numel())).indices.tolist():
+    for token in torch.argsort(logits, descending=True).tolist():
         if token not in tried and allows(token):
             return token
     return None

@@ -18,6 +18,7 @@ from runtime.errors import MiniCPMError
 COMMANDS = {
     "generate": ("generate", "one prompt in, streamed text out"),
     "convert": ("convert", "HF checkpoint folder -> GGUF file that llama.cpp loads"),
+    "serve": ("serve", "OpenAI-compatible HTTP API over any backend, on 127.0.0.1"),
     "bench": ("bench", "run a benchmark from benchmarks/ and write its JSON results"),
 }
 

@@ -19,6 +19,16 @@ from collections.abc import Callable
 from runtime.tool_calls.grammar import MAX_WHITESPACE, PARTIAL, Parser, check
 
 Decode = Callable[[list[int]], str]
+# Stands in for a character whose UTF-8 bytes are not all generated yet (decoded as one U+FFFD at
+# the end): any non-ASCII character is judged alike by the grammar inside a free string, and is
+# refused where only ASCII may go (a tool name, a number, JSON punctuation).
+UNFINISHED_CHARACTER = "\u00e9"
+
+
+def judged(text: str) -> str:
+    """Text as the grammar should judge it: an unfinished last character becomes a stand-in; U+FFFD
+    anywhere else stays, as the invalid bytes it is."""
+    return text[:-1] + UNFINISHED_CHARACTER if text.endswith("\ufffd") else text
 
 
 class ToolCallGuard:
@@ -55,7 +65,7 @@ class ToolCallGuard:
 
     def _next_block(self, text: str) -> tuple[bool, int | None]:
         """After a block: (still valid, where the next block's body starts if its marker is complete)."""
-        tail = text[self.after_start :].rstrip("\ufffd")
+        tail = judged(text[self.after_start :])
         rest = tail.lstrip(" \t\r\n")
         if len(tail) - len(rest) > MAX_WHITESPACE:
             return False, None
@@ -64,7 +74,7 @@ class ToolCallGuard:
         if not rest.startswith(self.start_marker):
             return False, None
         body_start = len(text) - len(rest) + len(self.start_marker)
-        return check(self.grammar, text[body_start:].rstrip("\ufffd")) is not None, body_start
+        return check(self.grammar, judged(text[body_start:])) is not None, body_start
 
     def allows(self, token: int) -> bool:
         """Whether token keeps the reply valid (always True before the first block)."""
@@ -75,7 +85,7 @@ class ToolCallGuard:
         text = self._text_with(token)
         if self.body_start is None:
             return self._next_block(text)[0]
-        return check(self.grammar, text[self.body_start :].rstrip("\ufffd")) is not None
+        return check(self.grammar, judged(text[self.body_start :])) is not None
 
     def accept(self, token: int) -> None:
         """Record the token the backend chose."""
@@ -93,7 +103,7 @@ class ToolCallGuard:
                 self.scan_from = max(self.scan_from, len(self.text) - len(self.start_marker) + 1)
                 return
             self.body_start = found + len(self.start_marker)
-        end = check(self.grammar, self.text[self.body_start :].rstrip("\ufffd"))
+        end = check(self.grammar, judged(self.text[self.body_start :]))
         if end is not None and end != PARTIAL:
             self.after_start = self.body_start + end
             self.body_start = None
