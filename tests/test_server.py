@@ -270,9 +270,10 @@ class PacedBackend:
 class ToolCallingBackend(PacedBackend):
     """Answers every chat with a short preamble and a call of the first tool it was given."""
 
-    def chat(self, messages, params, *, tools=None, tool_choice="auto", **_):
+    def chat(self, messages, params, *, tools=None, tool_choice="auto", dialect=None, **_):
         from runtime.events import ToolCall
 
+        self.dialect = dialect
         name = tools[0]["function"]["name"]
         yield GenerationEvent(text="Let me look.", token=1, prompt_tokens=3, prompt_processed=3, completion_tokens=1)
         yield GenerationEvent(finish_reason="tool_calls", prompt_tokens=3, completion_tokens=9,
@@ -295,6 +296,14 @@ def test_tool_calls_reach_the_client_in_openais_shape_streaming_or_not():
         assert (delta.index, delta.id, delta.function.name) == (0, "call_1", "get_weather")
         assert json.loads(delta.function.arguments) == {"city": "Paris"}
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_serve_passes_its_tool_dialect_to_local_backends():
+    backend = ToolCallingBackend()
+    with serving(paced_app(backend, tool_dialect="minicpm")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(model="paced", messages=WEATHER_QUESTION, tools=WEATHER)
+    assert backend.dialect == "minicpm"
 
 
 def paced_app(backend, **options):

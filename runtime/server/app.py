@@ -65,11 +65,12 @@ class ServedModel:
 
 
 def create_app(backends: Sequence[Any], *, model_id: str | None = None, aliases: Sequence[str] = (),
-               api_key: str | None = None, queue_size: int = 16) -> FastAPI:
+               api_key: str | None = None, queue_size: int = 16, tool_dialect: str | None = None) -> FastAPI:
     """An OpenAI-compatible app over loaded backends: one slot per backend, then a queue of queue_size.
 
     model_id: the id clients send as "model" (default: the backend's model label); aliases: other
-    accepted names; api_key: when set, /v1/* needs "Authorization: Bearer <api_key>".
+    accepted names; api_key: when set, /v1/* needs "Authorization: Bearer <api_key>";
+    tool_dialect: minicpm | hermes for local backends (None: from the model's chat template).
     """
     if not backends:
         raise ValueError("create_app needs at least one loaded backend")
@@ -77,7 +78,7 @@ def create_app(backends: Sequence[Any], *, model_id: str | None = None, aliases:
         raise ValueError(f"queue_size must be >= 0 (got {queue_size})")
     first = backends[0]
     served = ServedModel(model_id or first.model_label, frozenset({*aliases, first.model_label}))
-    server = Server(SlotPool(list(backends), queue_size), served, first.context_length)
+    server = Server(SlotPool(list(backends), queue_size), served, first.context_length, tool_dialect)
 
     app = FastAPI(title="minicpm serve", description="OpenAI-compatible API over the MiniCPM4 local suite",
                   docs_url=None, redoc_url=None)
@@ -113,8 +114,9 @@ def create_app(backends: Sequence[Any], *, model_id: str | None = None, aliases:
 class Server:
     """The state behind the routes: the slot pool, the served model, the context window."""
 
-    def __init__(self, pool: SlotPool, served: ServedModel, context_length: int):
+    def __init__(self, pool: SlotPool, served: ServedModel, context_length: int, tool_dialect: str | None = None):
         self.pool = pool
+        self.tool_dialect = tool_dialect
         self.served = served
         self.context_length = context_length
         self.started = int(time.time())
@@ -144,7 +146,9 @@ class Server:
         tool_choice = body.tool_choice if body.tool_choice is not None else "auto"
 
         def start(backend: Any) -> Iterator[GenerationEvent]:
-            return backend.chat(messages, params, tools=body.tools or None, tool_choice=tool_choice, **template_kwargs)
+            dialect = self.tool_dialect if backend.name != "openai" else None
+            return backend.chat(messages, params, tools=body.tools or None, tool_choice=tool_choice, dialect=dialect,
+                                **template_kwargs)
 
         reply = ChatReply(self.served.id, stream=bool(body.stream), logprobs=params.logprobs,
                           include_usage=body.include_usage)

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=16, metavar="M",
                         help="requests that may wait for a free copy; beyond them the server answers 503 with "
                              "Retry-After (default: 16)")
+    parser.add_argument("--tool-dialect", choices=("auto", "minicpm", "hermes"), default="auto",
+                        help="how local models are shown tools and write calls: minicpm (MiniCPM4-MCP's python "
+                             "calls), hermes (<tool_call> JSON), auto: from the chat template (default: auto)")
     parser.add_argument("--served-model-name", default=None, metavar="NAME",
                         help="the model id clients send and /v1/models lists (default: from --model, "
                              "e.g. 'default' or a file's name)")
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     model_id = args.served_model_name or served_model_id(args.model)
-    app = create_app(backends, model_id=model_id, aliases=[args.model], api_key=api_key, queue_size=args.queue_size)
+    app = create_app(backends, model_id=model_id, aliases=[args.model], api_key=api_key, queue_size=args.queue_size,
+                     tool_dialect=None if args.tool_dialect == "auto" else args.tool_dialect)
 
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
