@@ -15,7 +15,7 @@ import torch
 
 from runtime.events import MAX_SEED, GenerationEvent, SamplingParams
 from runtime.model import CausalLM
-from runtime.sampling import sample_allowed_token, sample_token
+from runtime.sampling import sample_guarded_token, sample_token
 from runtime.streaming import Step, events_from_steps, token_budget
 from runtime.tokenizer import Tokenizer
 
@@ -59,14 +59,10 @@ def generate_steps(
 
     history = list(prompt)
     for i in range(budget):
-        token = None
-        if guard is not None and guard.constraining:
-            token = sample_allowed_token(logits, params, history, generator, guard.allows)
-            if token is None:
-                guard.give_up()
-        if token is None:
+        if guard is None:
             token = sample_token(logits, params, history, generator)
-        if guard is not None:
+        else:
+            token = sample_guarded_token(logits, params, history, generator, guard)
             guard.accept(token)
         yield scored_step(logits, token, params, len(prompt))
         if token in stop_ids or i == budget - 1:

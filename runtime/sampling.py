@@ -93,3 +93,23 @@ def sample_allowed_token(
         if token not in tried and allows(token):
             return token
     return None
+
+
+def sample_guarded_token(
+    logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None, guard
+) -> int:
+    """The next token under a ToolCallGuard (runtime/tool_calls/guard.py).
+
+    Outside a call block the plain draw stands unless it would open a block that is already invalid
+    (a token carrying the start marker and more); inside one, only allowed tokens. When none is,
+    the guard gives up and the model goes on unconstrained (the parser reports what it wrote).
+    """
+    if not guard.constraining:
+        token = sample_token(logits, params, history, generator)
+        if guard.allows(token):
+            return token
+    token = sample_allowed_token(logits, params, history, generator, guard.allows)
+    if token is None:
+        guard.give_up()
+        token = sample_token(logits, params, history, generator)
+    return token

@@ -195,9 +195,10 @@ def torch_backend(embedded_torch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend_name", ["gguf", "torch"])
-@pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("backend_name, dialect, temperature", [
+    *[("gguf", d, t) for d in DIALECTS for t in (0.0, 1.0)],
+    *[("torch", d, 0.0) for d in DIALECTS],  # the same guard; torch decodes the 135M model slower
+])
 def test_constrained_calls_are_schema_valid_on_the_embedded_model(request, backend_name, dialect, temperature):
     backend = request.getfixturevalue(f"{backend_name}_backend")
     params = SamplingParams(max_tokens=96, temperature=temperature, seed=7)
@@ -252,3 +253,47 @@ def test_gguf_reuses_the_kv_cache_of_the_previous_turn(gguf_backend):
     gguf_backend.llm.reset()
     fresh = list(gguf_backend.chat(second_turn, params))
     assert [e.token for e in fresh if e.token is not None] == [e.token for e in events if e.token is not None]
+
+
+# ---- dead ends the guard must never walk into (found by the tool-call benchmark) ----------------------
+
+NOTES = check_tools([{"type": "function", "function": {"name": "search_notes", "parameters": {
+    "type": "object", "additionalProperties": False, "required": ["query"],
+    "properties": {"query": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 50}}}}}])
+CHARS = [chr(c) for c in range(32, 127)] + ["\n", "></"]  # a toy vocabulary: one token per character
+
+
+def toy_guard(text: str, forced: bool):
+    from runtime.tool_calls.guard import ToolCallGuard
+
+    d = get_dialect("hermes")
+    guard = ToolCallGuard(lambda ids: "".join(CHARS[i] for i in ids), d.start_marker, d.call_grammar(NOTES), set(),
+                          forced=forced)
+    for ch in text:
+        token = CHARS.index(ch)
+        if not guard.allows(token):
+            return guard, False
+        guard.accept(token)
+    return guard, True
+
+
+def continuations(guard) -> list[str]:
+    return [c for i, c in enumerate(CHARS) if guard.allows(i)]
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "search_notes", "arguments": {"qu\\u002',  # an escape in a key: its character cannot be judged yet
+    '{"name": "search_notes", "arguments": {"query": "x", "limit": 0',  # 0 is below the minimum and cannot grow
+    '{"name": "search_notes", "arguments": {"query": "x", "limit": -',
+    '{"name": "search_notes", "arguments": {"query": "x", "limit": 6',  # 6 itself is fine, and 60 is too big
+])
+def test_every_accepted_prefix_still_has_a_valid_continuation(text):
+    guard, accepted = toy_guard(text, forced=True)
+    assert not accepted or continuations(guard), text
+
+
+def test_a_token_that_opens_a_broken_block_is_refused_in_prose():
+    guard, accepted = toy_guard("Wrap it in <tool_call", forced=False)
+    assert accepted
+    assert not guard.allows(CHARS.index("></"))  # "<tool_call></": no call starts with "</"
+    assert guard.allows(CHARS.index(">"))

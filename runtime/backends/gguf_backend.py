@@ -161,7 +161,7 @@ class GGUFBackend(Backend):
         import torch
         from llama_cpp import llama_get_logits_ith
 
-        from runtime.sampling import sample_allowed_token, sample_token
+        from runtime.sampling import sample_guarded_token
 
         raw = np.ctypeslib.as_array(llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
         logits = torch.from_numpy(raw.copy())  # [V] float32; the buffer changes at the next eval
@@ -170,10 +170,7 @@ class GGUFBackend(Backend):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            token = sample_allowed_token(logits, params, history, generator, guard.allows)
-            if token is None:
-                guard.give_up()
-                token = sample_token(logits, params, history, generator)
+            token = sample_guarded_token(logits, params, history, generator, guard)
         finally:
             torch.set_num_threads(threads)
         return token
@@ -196,16 +193,17 @@ class GGUFBackend(Backend):
         history = list(prompt)
         try:
             for i in range(budget):
-                if guard is not None and guard.constraining:
+                token = None
+                if guard is None or not guard.constraining:
+                    token = int(llm.sample(idx=None))
+                if guard is not None and (token is None or not guard.allows(token)):
+                    # Inside a call block, or a draw that would open one already invalid.
                     if generator is None:
                         import torch
 
                         generator = torch.Generator().manual_seed(seed)
                     token = self._constrained_token(params, history, generator, guard)
                     llm._sampler.accept(token)  # the chain's repetition history sees it too
-                else:
-                    token = llm.sample(idx=None)
-                token = int(token)
                 logprob, top = None, ()
                 if params.logprobs or params.top_logprobs:
                     # The logits the token was drawn from are still in the context until the next eval.

@@ -23,6 +23,7 @@ writing; the finished call is still checked with jsonschema (tools.argument_erro
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -95,8 +96,11 @@ def alt(*options: Parser) -> Parser:
 # ---- values ------------------------------------------------------------------------------------
 
 def string(python: bool, accept_prefix: Callable[[str], bool] = lambda s: True,
-           accept: Callable[[str], bool] = lambda s: True) -> Parser:
-    """A quoted string whose decoded value passes accept (and, while unfinished, accept_prefix)."""
+           accept: Callable[[str], bool] = lambda s: True, free: bool = True) -> Parser:
+    """A quoted string whose decoded value passes accept (and, while unfinished, accept_prefix).
+
+    free: any value of the right length will do. A string that must be one of a few values (an enum,
+    a key) refuses an unfinished \\u or \\x escape, whose character cannot be judged yet."""
     quotes = "\"'" if python else '"'
     escapes = PYTHON_ESCAPES if python else JSON_ESCAPES
 
@@ -129,6 +133,8 @@ def string(python: bool, accept_prefix: Callable[[str], bool] = lambda s: True,
                 if any(c not in "0123456789abcdefABCDEF" for c in digits):
                     return set()
                 if len(digits) < width:
+                    if not free:
+                        return set()
                     break  # the escape is still being written
                 value.append(chr(int(digits, 16)))
                 i += 2 + width
@@ -152,11 +158,8 @@ def number(integer: bool, minimum: float | None = None, maximum: float | None = 
         if end == len(text):
             if not prefix.fullmatch(run):
                 return set()
-            if integer and run.strip("-"):  # an integer's digits only grow its magnitude
-                value = int(run)
-                if (value > 0 and maximum is not None and value > maximum) or \
-                        (value < 0 and minimum is not None and value < minimum):
-                    return set()
+            if integer and not integer_prefix_in_range(run, minimum, maximum):
+                return set()
             return {PARTIAL}
         if not run or not full.fullmatch(run):
             return set()
@@ -165,6 +168,26 @@ def number(integer: bool, minimum: float | None = None, maximum: float | None = 
             return set()
         return {end}
     return parse
+
+
+def integer_prefix_in_range(run: str, minimum: float | None, maximum: float | None) -> bool:
+    """Whether some JSON integer that starts with run lies in [minimum, maximum]."""
+    lo = -math.inf if minimum is None else minimum
+    hi = math.inf if maximum is None else maximum
+    negative, digits = run.startswith("-"), run.lstrip("-")
+    if not run:
+        return lo <= hi
+    if not digits:  # "-": a negative integer, or -0
+        return lo <= -1 or lo <= 0 <= hi
+    if digits == "0":  # JSON allows no digit after a leading 0
+        return lo <= 0 <= hi
+    d = int(digits)
+    for extra in range(0, MAX_NUMBER_CHARS - len(run) + 1):  # d, dX, dXX, ...: magnitudes in [d*10^k, (d+1)*10^k - 1]
+        small, large = d * 10**extra, (d + 1) * 10**extra - 1
+        low, high = (-large, -small) if negative else (small, large)
+        if low <= hi and high >= lo:
+            return True
+    return False
 
 
 def keyword_constants(python: bool, wanted: str) -> Parser:
@@ -221,7 +244,8 @@ class SchemaCompiler:
         if "enum" in schema and isinstance(schema["enum"], list):
             values = schema["enum"]
             if values and all(isinstance(v, str) for v in values):
-                return string(self.python, lambda s: any(v.startswith(s) for v in values), lambda s: s in values)
+                return string(self.python, lambda s: any(v.startswith(s) for v in values), lambda s: s in values,
+                              free=False)
             return alt(*(literal(s) for v in values for s in render_value(v, self.python)))
         for key in ("anyOf", "oneOf"):
             if isinstance(schema.get(key), list):
@@ -293,6 +317,7 @@ class SchemaCompiler:
             self.python,
             lambda s: open_keys or any(k.startswith(s) for k in allowed),
             lambda s: s in allowed or (open_keys and s not in allowed),
+            free=open_keys,
         )
         return self.members(schema, "{", "}", key, literal(":"), key_text=None)
 

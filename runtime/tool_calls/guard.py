@@ -77,9 +77,14 @@ class ToolCallGuard:
         return check(self.grammar, judged(text[body_start:])) is not None, body_start
 
     def allows(self, token: int) -> bool:
-        """Whether token keeps the reply valid (always True before the first block)."""
+        """Whether token keeps the reply valid: inside a block, under the grammar; after one, only
+        another block or the end; in prose, anything that does not open a broken block."""
         if not self.constraining:
-            return True
+            # Prose: anything, unless the token completes a start marker and carries text after it
+            # that no call can begin with.
+            text = self._text_with(token)
+            found = text.find(self.start_marker, self.scan_from)
+            return found < 0 or check(self.grammar, judged(text[found + len(self.start_marker) :])) is not None
         if token in self.stop_ids:
             return self.body_start is None  # a block must be finished first
         text = self._text_with(token)

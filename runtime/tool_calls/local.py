@@ -112,12 +112,15 @@ def hold_back_calls(events: Iterator[GenerationEvent], dialect: Dialect, tools: 
             yield replace(event, text=text + marker.flush())
             return
         parsed = dialect.parse(held, tools)
+        error = parsed.error
+        if error and event.finish_reason == "length":
+            error += " (the reply ran out of tokens: raise max_tokens)"
         prose = parsed.content
         yield replace(
             event,
             text=text + (("\n" if text and prose else "") + prose if prose else ""),
             finish_reason="tool_calls" if parsed.calls else event.finish_reason,
             tool_calls=parsed.calls,
-            tool_call_error=parsed.error,
+            tool_call_error=error,
         )
         return

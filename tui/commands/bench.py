@@ -12,6 +12,8 @@ BENCHMARKS = {
     "runtime": "prefill and decode tokens/s of the torch runtime against llama.cpp on the embedded model",
     "parity": "agreement of the torch runtime with llama.cpp on the embedded model's weights",
     "sparse_attention": "InfLLM v2 sparse attention against dense attention and llama.cpp at long context",
+    "serve_load": "N concurrent streaming clients against `minicpm serve`: throughput, p50/p95 latency, errors",
+    "tool_calls": "share of well-formed, schema-valid tool calls from the embedded model, constrained or not",
 }
 
 

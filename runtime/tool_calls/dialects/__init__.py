@@ -90,8 +90,7 @@ class Dialect(ABC):
                 block, rest = body[:end], body[end + len(self.end_marker) :]
             found, problems = self.parse_block(block, tools)
             if end < 0 and problems:
-                problems = [f"a tool call was cut off before {self.end_marker} (did the token budget run out?): "
-                            + "; ".join(problems)]
+                problems = [f"a tool call was cut off before {self.end_marker}: " + "; ".join(problems)]
             calls.extend(found)
             errors.extend(problems)
         for call in calls[:]:

@@ -138,6 +138,8 @@ class MiniCPMDialect(Dialect):
             tree = ast.parse(code.strip())
         except SyntaxError as exc:
             return [], [f"the tool call is not valid Python call syntax ({exc.msg}, line {exc.lineno}): {code.strip()[:200]!r}"]
+        if not tree.body:
+            return [], ["the tool-call block holds no call (write name(arg=value) lines in it)"]
         by_ident = {ident: name for name, ident in identifiers([t.name for t in tools]).items()}
         calls, errors = [], []
         for stmt in tree.body:
