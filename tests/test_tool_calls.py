@@ -283,6 +283,7 @@ def continuations(guard) -> list[str]:
 
 @pytest.mark.parametrize("text", [
     '{"name": "search_notes", "arguments": {"qu\\u002',  # an escape in a key: its character cannot be judged yet
+    '{"name": "search_notes", "arguments": {"qu\\',  # no escaped character continues any key
     '{"name": "search_notes", "arguments": {"query": "x", "limit": 0',  # 0 is below the minimum and cannot grow
     '{"name": "search_notes", "arguments": {"query": "x", "limit": -',
     '{"name": "search_notes", "arguments": {"query": "x", "limit": 6',  # 6 itself is fine, and 60 is too big

@@ -120,6 +120,9 @@ def string(python: bool, accept_prefix: Callable[[str], bool] = lambda s: True,
                 return set()
             if ch == "\\":
                 if i + 1 == len(text):
+                    sofar = "".join(value)
+                    if not free and not any(accept_prefix(sofar + c) for c in escapes.values()):
+                        return set()  # no escape could go on to an allowed value
                     break
                 code = text[i + 1]
                 if code in escapes:
