@@ -18,6 +18,8 @@ Extension: a choice whose tool call the model wrote but which could not be read 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import time
 import uuid
 from typing import Any
@@ -37,7 +39,7 @@ def token_text(scored: Scored, token: int) -> str:
     return scored.token_texts.get(token, scored.event.text)
 
 
-class Reply:
+class Reply(ABC):
     """What chat and completions replies share: ids, accumulated text, logprobs, the final event."""
 
     object_name = ""  # of the non-streaming answer
@@ -98,11 +100,13 @@ class Reply:
             chunk["usage"] = None
         return chunk
 
+    @abstractmethod
     def _text_chunk(self, text: str, scored: list[Scored]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The streamed chunk that carries a text delta."""
 
+    @abstractmethod
     def _final_chunks(self, event: GenerationEvent, scored: list[Scored]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The streamed chunks that close the reply (finish reason, tool calls, usage)."""
 
 
 class ChatReply(Reply):
