@@ -46,6 +46,7 @@ class ToolCallGuard:
         self.after_start: int | None = None  # where the text after the last finished block begins
         self.scan_from = 0  # where to look for the next start marker
         self.gave_up = False
+        self._peeked: tuple[tuple[int, int], str] | None = None  # ((position, token), text) of the last look
         self.calls_completed = 0
 
     @property
@@ -55,13 +56,16 @@ class ToolCallGuard:
 
     def _text_with(self, token: int) -> str:
         # The generated text with one more token; decoding from a few tokens back keeps tokenizers
-        # that render a piece by its neighbours (SentencePiece spaces) exact.
+        # that render a piece by its neighbours (SentencePiece spaces) exact. The last answer is
+        # kept: accept() asks again for the token allows() has just judged.
+        if self._peeked is not None and self._peeked[0] == (len(self.ids), token):
+            return self._peeked[1]
         window = self.ids[-4:]
         before = self.decode(window)
         after = self.decode(window + [token])
-        if after.startswith(before):
-            return self.text + after[len(before) :]
-        return self.decode(self.ids + [token])
+        text = self.text + after[len(before) :] if after.startswith(before) else self.decode(self.ids + [token])
+        self._peeked = ((len(self.ids), token), text)
+        return text
 
     def _next_block(self, text: str) -> tuple[bool, int | None]:
         """After a block: (still valid, where the next block's body starts if its marker is complete)."""

@@ -115,10 +115,9 @@ def hold_back_calls(events: Iterator[GenerationEvent], dialect: Dialect, tools: 
         error = parsed.error
         if error and event.finish_reason == "length":
             error += " (the reply ran out of tokens: raise max_tokens)"
-        prose = parsed.content
         yield replace(
             event,
-            text=text + (("\n" if text and prose else "") + prose if prose else ""),
+            text="\n".join(part for part in (text, parsed.content) if part),
             finish_reason="tool_calls" if parsed.calls else event.finish_reason,
             tool_calls=parsed.calls,
             tool_call_error=error,
