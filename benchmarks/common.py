@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from runtime.atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results"
 ENGLISH_TEXT = Path(__file__).parent / "data" / "english_prose.txt"  # public domain, ~1500 tokens
 
@@ -13,9 +15,7 @@ ENGLISH_TEXT = Path(__file__).parent / "data" / "english_prose.txt"  # public do
 def write_json(path: Path, result: dict) -> None:
     """Write result atomically: an interrupted run never leaves half a file where the README points."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
 

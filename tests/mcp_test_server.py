@@ -1,0 +1,54 @@
+"""A small stdio MCP server for the session tests: state, a failing tool, a hanging one, a crash."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from mcp.server.fastmcp import FastMCP
+
+server = FastMCP("test")
+counter = {"value": 0}
+
+
+@server.tool()
+def bump(by: int = 1) -> dict:
+    """Add `by` to a counter kept in the server process and return it."""
+    counter["value"] += by
+    return {"value": counter["value"]}
+
+
+@server.tool()
+def fail(message: str) -> str:
+    """Always raises."""
+    raise ValueError(message)
+
+
+@server.tool()
+def hang(seconds: float) -> str:
+    """Blocks the whole server (a synchronous sleep)."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+@server.tool()
+def crash() -> str:
+    """Exits the server process at once."""
+    print("about to crash", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
+@server.tool()
+def echo_env(name: str) -> str:
+    """The value of an environment variable in the server process, or '<unset>'."""
+    return os.environ.get(name, "<unset>")
+
+
+if __name__ == "__main__":
+    if "--fail-at-start" in sys.argv:
+        print("cannot open the database", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if "--hang-at-start" in sys.argv:
+        time.sleep(60)
+    server.run("stdio")
