@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,37 @@ class ServerConfig:
 
 def default_config_path() -> Path:
     return settings().mcp_config or data_dir() / "mcp.json"
+
+
+BUILTIN_SERVERS = ("calc", "clock", "notes", "files")
+
+
+def builtin_servers(files_root: Path | str = ".") -> list[ServerConfig]:
+    """The suite's own servers (mcp_tools/servers/), each in its own process over stdio, as a config
+    would start them. `files` is rooted at files_root; its writes ask for approval like any side effect."""
+    def entry(name: str, *options: str) -> ServerConfig:
+        return ServerConfig(name=name, transport="stdio", command=sys.executable,
+                            args=("-m", "minicpm_suite", "mcp", "serve", name, *options),
+                            env=_suite_env())
+
+    return [entry("calc"), entry("clock"), entry("notes"),
+            entry("files", "--root", str(Path(files_root).resolve()))]
+
+
+def _suite_env() -> dict[str, str]:
+    """What a built-in server needs from our environment: where the suite keeps its data."""
+    return {key: os.environ[key] for key in ("MINICPM_HOME", "XDG_DATA_HOME") if key in os.environ}
+
+
+def servers_for(path: Path | str | None = None) -> tuple[list[ServerConfig], str]:
+    """The servers an agent session uses, and where they came from (for the user): the named file,
+    else the default file when it exists, else the built-in servers."""
+    if path is not None:
+        return load_config(path), str(path)
+    default = default_config_path()
+    if default.exists():
+        return load_config(default), str(default)
+    return builtin_servers(), f"the built-in servers (no {default}; files is rooted at {Path.cwd()})"
 
 
 def load_config(path: Path | str | None = None, *, environ: dict[str, str] | None = None) -> list[ServerConfig]:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from mcp.server.fastmcp import FastMCP
+from mcp.types import ToolAnnotations
 
 server = FastMCP("test")
 counter = {"value": 0}
@@ -39,7 +40,7 @@ def crash() -> str:
     os._exit(3)
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
 def echo_env(name: str) -> str:
     """The value of an environment variable in the server process, or '<unset>'."""
     return os.environ.get(name, "<unset>")
