@@ -75,19 +75,23 @@ def default_config_path() -> Path:
     return settings().mcp_config or data_dir() / "mcp.json"
 
 
-BUILTIN_SERVERS = ("calc", "clock", "notes", "files")
 
 
 def builtin_servers(files_root: Path | str = ".") -> list[ServerConfig]:
     """The suite's own servers (mcp_tools/servers/), each in its own process over stdio, as a config
-    would start them. `files` is rooted at files_root; its writes ask for approval like any side effect."""
+    would start them. `files` is rooted at files_root; its writes ask for approval like any side effect.
+    `papers` joins once the default corpus exists (`minicpm corpus ingest`)."""
     def entry(name: str, *options: str) -> ServerConfig:
         return ServerConfig(name=name, transport="stdio", command=sys.executable,
                             args=("-m", "minicpm_suite", "mcp", "serve", name, *options),
                             env=_suite_env())
 
-    return [entry("calc"), entry("clock"), entry("notes"),
-            entry("files", "--root", str(Path(files_root).resolve()))]
+    servers = [entry("calc"), entry("clock"), entry("notes"), entry("files", "--root", str(Path(files_root).resolve()))]
+    from survey.corpus.store import DB_NAME  # noqa: PLC0415 - only the file name; no corpus is opened here
+
+    if (data_dir() / "corpora" / "default" / DB_NAME).is_file():
+        servers.append(entry("papers"))  # only once a corpus exists: without one the server cannot start
+    return servers
 
 
 def _suite_env() -> dict[str, str]:

@@ -58,7 +58,7 @@ def test_registry_lists_the_servers_with_help_and_options():
         assert spec.help and "\n" not in spec.help
         parser = argparse.ArgumentParser(prog=f"minicpm mcp serve {name}")
         spec.add_arguments(parser)
-    with pytest.raises(MiniCPMError, match="built-in servers are: files, calc, clock, notes"):
+    with pytest.raises(MiniCPMError, match="built-in servers are: files, calc, clock, notes, papers"):
         get_server("nope")
     with pytest.raises(MiniCPMError, match="no built-in MCP server named 'nope'"):
         run_stdio("nope", argparse.Namespace())

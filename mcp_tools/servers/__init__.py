@@ -48,7 +48,8 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec("clock", "current time in any time zone, time zone conversion and date arithmetic",
                    "mcp_tools.servers.clock"),
         ServerSpec("notes", "a SQLite notebook with full-text search (--db PATH)", "mcp_tools.servers.notes"),
-        # "papers" (search the survey paper corpus) gets its entry here when that server lands.
+        ServerSpec("papers", "search the local paper corpus built by `minicpm corpus ingest` (--corpus DIR)",
+                   "mcp_tools.servers.papers"),
     )
 }
 

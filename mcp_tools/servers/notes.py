@@ -32,6 +32,7 @@ from runtime.errors import MiniCPMError
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, idempotentHint=True, openWorldHint=False)
 BUSY_TIMEOUT_MS = 5000
 MAX_TITLE_CHARS = 500
+MAX_ID = 2**63 - 1  # SQLite's INTEGER; the schema says so, so constrained decoding keeps ids in range
 MAX_BODY_CHARS = 1_000_000
 
 
@@ -337,7 +338,7 @@ def build_server(db: str | os.PathLike | None = None) -> FastMCP:
                         preview=r["body"][:200]) for r in rows])
 
     @server.tool(annotations=READ_ONLY)
-    def get_note(id: Annotated[int, Field(description="the note's id, as shown by add_note, list_notes or search_notes")]) -> Note:
+    def get_note(id: Annotated[int, Field(ge=1, le=MAX_ID, description="the note's id, as shown by add_note, list_notes or search_notes")]) -> Note:
         """Read one note in full by its id."""
         with conn() as c:
             row = c.execute("SELECT * FROM notes WHERE id = ?", (id,)).fetchone()
@@ -346,7 +347,7 @@ def build_server(db: str | os.PathLike | None = None) -> FastMCP:
         return _note(row)
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False))
-    def delete_note(id: Annotated[int, Field(description="the id of the note to delete")]) -> Deleted:
+    def delete_note(id: Annotated[int, Field(ge=1, le=MAX_ID, description="the id of the note to delete")]) -> Deleted:
         """Delete a note for good (it cannot be recovered)."""
         with conn() as c, transaction(c):
             row = c.execute("SELECT title FROM notes WHERE id = ?", (id,)).fetchone()
