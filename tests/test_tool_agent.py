@@ -156,3 +156,43 @@ def test_thoughts_are_split_from_the_answer_across_chunks():
     assert "".join(d.text for d in pieces if d.thought) == "plan it"
     assert "".join(d.text for d in pieces if not d.thought) == "The answer"
     assert ev.strip_thoughts("<think>hmm</think> 42") == "42"
+
+
+def test_bad_input_is_answered_with_messages_and_the_session_goes_on(tmp_path):
+    """A missing server command, a tool that raises, an unknown tool, arguments of the wrong type and a
+    path escape on the real `files` server: each is a message, and the model still gets to answer."""
+    from mcp_tools.config import builtin_servers
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text("vault 8812")
+    files = [s for s in builtin_servers(root) if s.name == "files"]
+    config = files + parse_config({"mcpServers": {
+        "test": {"command": sys.executable, "args": [SERVER]},
+        "ghost": {"command": "no-such-mcp-server-binary"},
+    }})
+    reports = []
+    with McpSessions(config, report=reports.append) as live:
+        assert any("ghost" in r and "was not found" in r for r in reports)
+        script = [AIMessage("", tool_calls=[
+            {"name": "fail", "args": {"message": "the disk is full"}, "id": "a", "type": "tool_call"},
+            {"name": "launch", "args": {}, "id": "b", "type": "tool_call"},
+            {"name": "echo_env", "args": {"name": 7}, "id": "c", "type": "tool_call"},
+            {"name": "read_file", "args": {"path": "../secret.txt"}, "id": "d", "type": "tool_call"},
+        ]), AIMessage("Nothing worked.")]
+        agent, model = agent_with(script, live, approve="auto")
+        events = list(ev.run(agent, "bad", task="try everything"))
+    results = {e.id: e for e in events if isinstance(e, ev.ToolResultEvent)}
+    assert all(r.is_error for r in results.values())
+    assert "the disk is full" in results["a"].text
+    assert "no tool named 'launch'" in results["b"].text
+    assert "7 is not of type 'string'" in results["c"].text
+    assert "8812" not in results["d"].text and "leave the root folder" in results["d"].text
+    assert events[-1] == ev.AnswerEvent("Nothing worked.", 2)
+
+
+def test_an_integer_beyond_64_bits_is_sent_back_not_checkpointed(sessions, tmp_path):
+    agent, model = agent_with([call("bump", "c1", by=10**30), AIMessage("ok")], sessions, tmp_path, approve="auto")
+    events = list(ev.run(agent, "huge", task="bump a lot"))
+    assert kinds(events)[0] == "InvalidCallEvent" and "64 bits" in events[0].error
+    assert events[-1].text == "ok"  # and the SQLite checkpoints held every step

@@ -37,7 +37,8 @@ class ToolAgent:
     """The compiled graph and what it needs at run time (the model and the open MCP sessions)."""
 
     def __init__(self, model: BaseChatModel, sessions: McpSessions, *, approve: str = "ask",
-                 max_steps: int = DEFAULT_MAX_STEPS, checkpointer=None, system_prompt: str = prompts.SYSTEM_PROMPT):
+                 max_steps: int = DEFAULT_MAX_STEPS, require_tool: bool = False, checkpointer=None,
+                 system_prompt: str = prompts.SYSTEM_PROMPT):
         if approve not in APPROVAL_MODES:
             raise ValueError(f"approve must be one of {', '.join(APPROVAL_MODES)} (got {approve!r})")
         if max_steps < 1:
@@ -46,6 +47,7 @@ class ToolAgent:
         self.sessions = sessions
         self.approve_mode = approve
         self.max_steps = max_steps
+        self.require_tool = require_tool  # the first turn of a task must call a tool (small models rarely start one)
         self.system_prompt = system_prompt
         self.graph = self._build().compile(checkpointer=checkpointer)
 
@@ -59,9 +61,11 @@ class ToolAgent:
         if steps >= self.max_steps:
             messages.append(HumanMessage(prompts.STEP_LIMIT.format(steps=self.max_steps)))
             model = self.model.bind_tools(tools, tool_choice="none") if tools else self.model
+        elif tools:
+            model = self.model.bind_tools(tools, tool_choice="required" if self.require_tool and steps == 0 else None)
         else:
-            model = self.model.bind_tools(tools) if tools else self.model
-        reply = model.invoke(messages)
+            model = self.model
+        reply = _refuse_oversized_integers(model.invoke(messages))
         if steps >= self.max_steps and isinstance(reply, AIMessage) and (reply.tool_calls or reply.invalid_tool_calls):
             # A model that calls anyway gets no more tools: keep its words, drop the calls.
             reply = AIMessage(content=reply.content, id=reply.id, response_metadata=reply.response_metadata)
@@ -143,6 +147,35 @@ class ToolAgent:
 
 def build_tool_agent(model: BaseChatModel, sessions: McpSessions, **options: Any) -> ToolAgent:
     return ToolAgent(model, sessions, **options)
+
+
+INT64 = 2**63
+
+
+def _refuse_oversized_integers(reply: AIMessage) -> AIMessage:
+    """Model output is untrusted: a call whose arguments hold an integer beyond 64 bits (which no MCP
+    server stores, and which the SQLite checkpoints cannot serialise) becomes an unusable call that
+    goes back to the model with the reason."""
+    if not isinstance(reply, AIMessage) or not reply.tool_calls:
+        return reply
+
+    def too_big(value: Any) -> bool:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return not -INT64 <= value < INT64
+        if isinstance(value, dict):
+            return any(too_big(v) for v in value.values())
+        if isinstance(value, list):
+            return any(too_big(v) for v in value)
+        return False
+
+    bad = [call for call in reply.tool_calls if too_big(call["args"])]
+    if not bad:
+        return reply
+    invalid = [*reply.invalid_tool_calls, *({
+        "type": "invalid_tool_call", "id": call["id"], "name": call["name"], "args": None,
+        "error": f"{call['name']}: an integer argument is out of range (integers must fit in 64 bits)"} for call in bad)]
+    return reply.model_copy(update={"tool_calls": [c for c in reply.tool_calls if c not in bad],
+                                    "invalid_tool_calls": invalid})
 
 
 def _last_ai(state: ToolAgentState) -> AIMessage:
