@@ -14,6 +14,8 @@ BENCHMARKS = {
     "sparse_attention": "InfLLM v2 sparse attention against dense attention and llama.cpp at long context",
     "serve_load": "N concurrent streaming clients against `minicpm serve`: throughput, p50/p95 latency, errors",
     "tool_calls": "share of well-formed, schema-valid tool calls from the embedded model, constrained or not",
+    "vector_search": "dense search for the paper corpus: exact numpy vs sqlite-vec and faiss at 10K/140K vectors: latency, recall",
+    "agent_tasks": "the tool agent doing checkable tasks through the built-in MCP servers: success rate",
 }
 
 
