@@ -19,6 +19,7 @@ Writes benchmarks/results/agent_tasks.json (or --out) and prints a Markdown tabl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tool-call dialect (default: from the chat template)")
     parser.add_argument("--require-tool", default="off,on", help="comma-separated: off, on (off,on)")
     parser.add_argument("--decoding", default="constrained", help="comma-separated: constrained, free (constrained)")
+    parser.add_argument("--tool-limit", default="all", help="comma-separated: all, or N tools closest to the task (all)")
     parser.add_argument("--max-steps", type=int, default=4, help="model turns per task (4)")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per model turn (256)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
@@ -132,11 +134,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown_table(settings: list[dict[str, Any]]) -> str:
-    lines = ["| require tool | decoding | tasks | success | called a tool | right tool | unusable calls | steps | s/task |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| require tool | tool limit | decoding | tasks | success | called a tool | right tool | unusable calls | steps | s/task |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in settings:
         m = s["summary"]
-        lines.append(f"| {s['require_tool']} | {s['decoding']} | {m['tasks']} | {m['success']:.0%} | "
+        lines.append(f"| {s['require_tool']} | {s.get('tool_limit', 'all')} | {s['decoding']} | {m['tasks']} | {m['success']:.0%} | "
                      f"{m['called_a_tool']:.0%} | {m['right_tool']:.0%} | {m['with_unusable_calls']:.0%} | "
                      f"{m['mean_steps']} | {m['mean_seconds']} |")
     return "\n".join(lines)
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = tasks[: args.limit] if args.limit else tasks
     requires = [{"off": False, "on": True}[v] for v in args.require_tool.split(",")]
     decodings = args.decoding.split(",")
+    limits = [None if v == "all" else int(v) for v in args.tool_limit.split(",")]
     backend = load_backend(args.backend, args.model, threads=args.threads, base_url=args.base_url)
     today = datetime.now(UTC).date().isoformat()
     settings = []
@@ -174,24 +177,26 @@ def run(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"a built-in server did not start: {sessions.status()}")
                 ids = seed_notes(sessions, data["seed"]["notes"])
                 with Progress() as progress:
-                    bar = progress.add_task("agent tasks", total=len(tasks) * len(requires) * len(decodings))
-                    for decoding in decodings:
-                        for require in requires:
-                            model = ChatMiniCPM(backend=backend, temperature=0.0, max_tokens=args.max_tokens,
-                                                dialect=args.dialect, constrained=decoding == "constrained")
-                            agent = build_tool_agent(model, sessions, approve="auto", max_steps=args.max_steps,
-                                                     require_tool=require, checkpointer=InMemorySaver())
-                            records = []
-                            for task in tasks:
-                                text = task_text(task["task"], ids, today)
-                                record = run_task(agent, task, text)
-                                ok, looked_at = check_outcome(task["check"], record["answer"],
-                                                              scratch / "home" / "notes.sqlite", root, today)
-                                record.update(success=ok, check=looked_at)
-                                records.append(record)
-                                progress.advance(bar)
-                            settings.append({"require_tool": "on" if require else "off", "decoding": decoding,
-                                             "summary": summarize(records), "tasks": records})
+                    total = len(tasks) * len(requires) * len(decodings) * len(limits)
+                    bar = progress.add_task("agent tasks", total=total)
+                    for decoding, require, limit in itertools.product(decodings, requires, limits):
+                        model = ChatMiniCPM(backend=backend, temperature=0.0, max_tokens=args.max_tokens,
+                                            dialect=args.dialect, constrained=decoding == "constrained")
+                        agent = build_tool_agent(model, sessions, approve="auto", max_steps=args.max_steps,
+                                                 require_tool=require, tool_limit=limit,
+                                                 checkpointer=InMemorySaver())
+                        records = []
+                        for task in tasks:
+                            text = task_text(task["task"], ids, today)
+                            record = run_task(agent, task, text)
+                            ok, looked_at = check_outcome(task["check"], record["answer"],
+                                                          scratch / "home" / "notes.sqlite", root, today)
+                            record.update(success=ok, check=looked_at)
+                            records.append(record)
+                            progress.advance(bar)
+                        settings.append({"require_tool": "on" if require else "off", "decoding": decoding,
+                                         "tool_limit": limit or "all",
+                                         "summary": summarize(records), "tasks": records})
         finally:
             if previous_home is None:
                 os.environ.pop("MINICPM_HOME", None)

@@ -196,3 +196,12 @@ def test_an_integer_beyond_64_bits_is_sent_back_not_checkpointed(sessions, tmp_p
     events = list(ev.run(agent, "huge", task="bump a lot"))
     assert kinds(events)[0] == "InvalidCallEvent" and "64 bits" in events[0].error
     assert events[-1].text == "ok"  # and the SQLite checkpoints held every step
+
+
+def test_a_tool_limit_offers_the_tools_closest_to_the_task(sessions):
+    agent, model = agent_with([call("echo_env", "c1", name="HOME"), AIMessage("done")], sessions, tool_limit=2)
+    list(ev.run(agent, "limited", task="What is the value of the environment variable HOME?"))
+    first = [t["function"]["name"] for t in model.bound[0]["tools"]]
+    assert len(first) == 2 and "echo_env" in first
+    # A tool already called in the task stays offered on the next turn.
+    assert "echo_env" in [t["function"]["name"] for t in model.bound[1]["tools"]]

@@ -27,6 +27,7 @@ from langgraph.types import interrupt
 
 from agents.tool_agent import prompts
 from agents.tool_agent.state import ToolAgentState
+from agents.tool_agent.tool_selection import ToolSelector
 from mcp_tools.sessions import McpSessions
 
 APPROVAL_MODES = ("ask", "auto", "never")
@@ -37,8 +38,8 @@ class ToolAgent:
     """The compiled graph and what it needs at run time (the model and the open MCP sessions)."""
 
     def __init__(self, model: BaseChatModel, sessions: McpSessions, *, approve: str = "ask",
-                 max_steps: int = DEFAULT_MAX_STEPS, require_tool: bool = False, checkpointer=None,
-                 system_prompt: str = prompts.SYSTEM_PROMPT):
+                 max_steps: int = DEFAULT_MAX_STEPS, require_tool: bool = False, tool_limit: int | None = None,
+                 checkpointer=None, system_prompt: str = prompts.SYSTEM_PROMPT):
         if approve not in APPROVAL_MODES:
             raise ValueError(f"approve must be one of {', '.join(APPROVAL_MODES)} (got {approve!r})")
         if max_steps < 1:
@@ -48,6 +49,8 @@ class ToolAgent:
         self.approve_mode = approve
         self.max_steps = max_steps
         self.require_tool = require_tool  # the first turn of a task must call a tool (small models rarely start one)
+        # Offer only the tool_limit tools closest to the task (tool_selection.py); None offers them all.
+        self.tool_selector = ToolSelector(tool_limit) if tool_limit else None
         self.system_prompt = system_prompt
         self.graph = self._build().compile(checkpointer=checkpointer)
 
@@ -56,7 +59,7 @@ class ToolAgent:
     def call_model(self, state: ToolAgentState) -> dict[str, Any]:
         """One model turn over the whole conversation; tools off once the step budget is spent."""
         steps = state.get("steps", 0)
-        tools = [tool.to_openai() for tool in self.sessions.tools()]
+        tools = [tool.to_openai() for tool in self._offered_tools(state["messages"])]
         messages = [SystemMessage(self.system_prompt), *state["messages"]]
         if steps >= self.max_steps:
             messages.append(HumanMessage(prompts.STEP_LIMIT.format(steps=self.max_steps)))
@@ -70,6 +73,13 @@ class ToolAgent:
             # A model that calls anyway gets no more tools: keep its words, drop the calls.
             reply = AIMessage(content=reply.content, id=reply.id, response_metadata=reply.response_metadata)
         return {"messages": [reply], "steps": steps + 1, "decisions": {}}
+
+    def _offered_tools(self, messages: list) -> list:
+        tools = self.sessions.tools()
+        if self.tool_selector is None:
+            return tools
+        called = {call["name"] for m in messages if isinstance(m, AIMessage) for call in m.tool_calls}
+        return self.tool_selector.select(_current_task(messages), tools, keep=called)
 
     def approve(self, state: ToolAgentState) -> dict[str, Any]:
         """Decide each pending call: by the mode, or by asking the user through interrupt()."""
@@ -176,6 +186,14 @@ def _refuse_oversized_integers(reply: AIMessage) -> AIMessage:
         "error": f"{call['name']}: an integer argument is out of range (integers must fit in 64 bits)"} for call in bad)]
     return reply.model_copy(update={"tool_calls": [c for c in reply.tool_calls if c not in bad],
                                     "invalid_tool_calls": invalid})
+
+
+def _current_task(messages: list) -> str:
+    """The user's words for the task under way: the last message a person wrote (not an error report)."""
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage) and not message.additional_kwargs.get("tool_call_error"):
+            return message.content if isinstance(message.content, str) else str(message.content)
+    return ""
 
 
 def _last_ai(state: ToolAgentState) -> AIMessage:

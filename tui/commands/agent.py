@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=8, metavar="N", help="model turns per task (8)")
     parser.add_argument("--require-tool", action="store_true",
                         help="the first model turn of the task must call a tool (helps small models start)")
+    parser.add_argument("--tool-limit", type=int, default=None, metavar="N",
+                        help="offer the model only the N tools closest to the task (helps small models choose)")
     parser.add_argument("--session", metavar="ID", help="continue this session (its id is printed at the end)")
     add_model_arguments(parser)
     parser.set_defaults(backend="auto")
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from agents.tool_agent.events import has_history, is_unfinished, pending_approval
     from mcp_tools.config import servers_for
 
+    if args.tool_limit is not None and args.tool_limit < 1:
+        raise MiniCPMError(f"--tool-limit must be at least 1 (got {args.tool_limit})")
     if args.max_steps < 1:
         raise MiniCPMError(f"--max-steps must be at least 1 (got {args.max_steps})")
     if args.task is None and args.session is None:
@@ -120,7 +124,7 @@ def _build_agent(args, sessions, checkpointer, console):
     except ValueError as exc:
         raise MiniCPMError(f"bad sampling option: {exc}") from None
     return build_tool_agent(model, sessions, approve=args.approve, max_steps=args.max_steps,
-                            require_tool=args.require_tool, checkpointer=checkpointer)
+                            require_tool=args.require_tool, tool_limit=args.tool_limit, checkpointer=checkpointer)
 
 
 def _open_sessions(servers, console):
