@@ -48,3 +48,25 @@ def test_a_foreign_package_with_one_of_our_names_fails_clearly(tmp_path):
                          env={**os.environ, **env}, cwd=tmp_path)
     assert cli.returncode == 2
     assert cli.stderr.startswith("minicpm: error: 'import agents' found") and "Traceback" not in cli.stderr
+
+
+def test_mcp_tools_and_survey_never_import_the_ui_or_the_agents():
+    result = python("""
+        import sys
+        import mcp_tools.config, mcp_tools.sessions, mcp_tools.servers.files, mcp_tools.servers.calc
+        import mcp_tools.servers.clock, mcp_tools.servers.notes, mcp_tools.servers.papers
+        import survey.corpus, survey.corpus.search, survey.corpus.ingest
+        leaked = sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'tui', 'agents', 'langgraph'})
+        assert not leaked, leaked
+    """)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_agents_never_import_the_ui():
+    result = python("""
+        import sys
+        import agents.chat_model, agents.tool_agent, agents.tool_agent.events
+        leaked = sorted({m.split('.')[0] for m in sys.modules} & {'textual', 'tui'})
+        assert not leaked, leaked
+    """)
+    assert result.returncode == 0, result.stderr
