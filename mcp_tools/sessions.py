@@ -106,7 +106,8 @@ class _Server:
             raise ConnectionError(self._reason(f"did not finish the MCP handshake within {timeout:g} s")) from None
         except Exception as exc:  # noqa: BLE001 - any failure to connect is reported, never raised past here
             await self.stop()
-            raise ConnectionError(self._reason(_describe(exc))) from None
+            where = f"cannot reach {self.config.url}: " if self.config.url else ""
+            raise ConnectionError(self._reason(where + _describe(exc))) from None
         self.error = None
 
     async def stop(self, *, graceful: bool = True) -> None:

@@ -52,4 +52,10 @@ if __name__ == "__main__":
         sys.exit(1)
     if "--hang-at-start" in sys.argv:
         time.sleep(60)
+    for flag, transport in (("--http", "streamable-http"), ("--sse", "sse")):
+        if flag in sys.argv:
+            server.settings.port = int(sys.argv[sys.argv.index(flag) + 1])
+            server.settings.log_level = "WARNING"
+            server.run(transport)  # http://127.0.0.1:PORT/mcp, or /sse
+            sys.exit(0)
     server.run("stdio")

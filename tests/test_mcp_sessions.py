@@ -136,3 +136,48 @@ def test_a_server_that_hangs_at_start_is_given_up_on():
     with McpSessions(config, connect_timeout=2) as live:
         assert "did not finish the MCP handshake within 2 s" in live.status()["slow"]
         assert live.tools() == []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport, path", [("--http", "/mcp"), ("--sse", "/sse")])
+def test_remote_servers_over_streamable_http_and_sse(transport, path):
+    import socket
+    import subprocess
+    import time
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, SERVER, transport, str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # wait until the server listens
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        entry = {"url": f"http://127.0.0.1:{port}{path}", "headers": {"X-Test": "1"}}
+        if transport == "--sse":
+            entry["type"] = "sse"
+        with McpSessions(parse_config({"mcpServers": {"remote": entry}})) as live:
+            assert live.status()["remote"] is None, live.status()
+            first = json.loads(live.call("bump", {"by": 2}).text)["value"]
+            assert json.loads(live.call("bump", {"by": 1}).text)["value"] == first + 1
+            assert live.call("fail", {"message": "remote boom"}).is_error
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_an_unreachable_remote_server_is_reported():
+    config = parse_config({"mcpServers": {"gone": {"url": f"http://127.0.0.1:{free_port()}/mcp"}}})
+    with McpSessions(config, connect_timeout=10) as live:
+        assert "cannot reach http://127.0.0.1" in live.status()["gone"]  # a reason, not a crash
+        assert live.call("anything", {}).is_error
