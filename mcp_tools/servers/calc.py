@@ -124,6 +124,8 @@ def _round(x: Number, ndigits: Number | None = None) -> Number:
         return round(x)
     if not isinstance(ndigits, int):
         raise CalcError("round's second argument (decimal places) must be a whole number")
+    if abs(ndigits) > MAX_DIGITS:  # round(5, -10**9) would build a 10**9-digit power of ten first
+        raise CalcError(f"round to at most {MAX_DIGITS} decimal places either way (got {ndigits})")
     return round(x, ndigits)
 
 

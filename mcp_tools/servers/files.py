@@ -63,7 +63,10 @@ class _Root:
                 parts.pop()
             elif part != ".":
                 parts.append(part)
-        real = self.real.joinpath(*parts).resolve()  # follows every symlink along the way, dangling ones too
+        try:
+            real = self.real.joinpath(*parts).resolve()  # follows every symlink along the way, dangling ones too
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on Python 3.11), a path too long
+            raise FileAccessError(f"'{rel}' cannot be resolved ({exc}); it may go through a symlink loop") from None
         if not real.is_relative_to(self.real):
             raise FileAccessError(
                 f"'{rel}' goes through a symbolic link that points outside the root folder; access refused"
