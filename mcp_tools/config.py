@@ -104,6 +104,8 @@ def servers_for(path: Path | str | None = None) -> tuple[list[ServerConfig], str
     else the default file when it exists, else the built-in servers."""
     if path is not None:
         return load_config(path), str(path)
+    if settings().mcp_config is not None:  # named by the user, through MINICPM_MCP_CONFIG: it must exist
+        return load_config(settings().mcp_config), f"{settings().mcp_config} (MINICPM_MCP_CONFIG)"
     default = default_config_path()
     if default.exists():
         return load_config(default), str(default)

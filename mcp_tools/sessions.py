@@ -83,6 +83,10 @@ class _Server:
         self._task: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self.starting = asyncio.Lock()  # calls from several threads restart a downed server once, not each
+
+    def close_files(self) -> None:
+        self._stderr.close()
 
     @property
     def connected(self) -> bool:
@@ -198,11 +202,19 @@ class McpSessions:
             raise ValueError("two MCP servers share a name")
         self._servers = {s.name: _Server(s) for s in servers}
         self._connect_timeout = connect_timeout
-        self._report = report or (lambda message: None)
+        self._report_to = report
         self._tools: dict[str, McpTool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    def _report(self, message: str) -> None:
+        """Tell the user; a failing report callback must not turn a tool result into an exception."""
+        if self._report_to is not None:
+            try:
+                self._report_to(message)
+            except Exception:  # noqa: BLE001 - the message is also in the result or status()
+                pass
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -227,9 +239,12 @@ class McpSessions:
             self._submit(stop_all(), 15)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
+            self._thread.join(10)
+            if not self._thread.is_alive():  # a loop still running cannot be closed; it is a daemon thread
+                self._loop.close()
             self._loop = None
+            for server in self._servers.values():
+                server.close_files()
 
     def __enter__(self) -> McpSessions:
         self.open()
@@ -309,20 +324,22 @@ class McpSessions:
 
     async def _call(self, server: _Server, tool: McpTool, arguments: dict[str, Any]) -> ToolResult:
         name = server.config.name
-        if not server.connected:
-            if server.starts:
-                self._report(f"MCP server '{name}' is down ({server.error or 'stopped'}); restarting it")
-            try:
-                await server.start(self._connect_timeout)
-            except ConnectionError as exc:
-                server.error = str(exc)
-                return ToolResult(tool.name, name, f"Error: the MCP server '{name}' could not be started: {exc}",
-                                  is_error=True)
-            self._index_tools()
+        async with server.starting:
+            if not server.connected:
+                if server.starts:
+                    self._report(f"MCP server '{name}' is down ({server.error or 'stopped'}); restarting it")
+                try:
+                    await server.start(self._connect_timeout)
+                except ConnectionError as exc:
+                    server.error = str(exc)
+                    return ToolResult(tool.name, name, f"Error: the MCP server '{name}' could not be started: {exc}",
+                                      is_error=True)
+                self._index_tools()
+            session = server.session
         timeout = server.config.timeout
         began = time.perf_counter()
         try:
-            result = await asyncio.wait_for(server.session.call_tool(tool.remote_name, arguments), timeout)
+            result = await asyncio.wait_for(session.call_tool(tool.remote_name, arguments), timeout)
         except asyncio.TimeoutError:
             await server.stop(graceful=False)
             server.error = f"a call to {tool.remote_name} did not answer within {timeout:g} s"

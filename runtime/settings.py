@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.errors import MiniCPMError
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINICPM_", extra="ignore")
@@ -36,7 +38,14 @@ def data_dir() -> Path:
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         home = Path(xdg) / "minicpm"
     home = home.expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = "MINICPM_HOME" if settings().home is not None else "the data folder"
+        raise MiniCPMError(f"{where} {home} cannot be used: {exc.strerror or exc}; point MINICPM_HOME at a "
+                           "folder you can write") from None
+    if not home.is_dir():
+        raise MiniCPMError(f"the data folder {home} is not a folder; point MINICPM_HOME at a folder")
     return home
 
 

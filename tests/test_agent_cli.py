@@ -79,3 +79,12 @@ def test_mcp_serve_checks_its_options():
     assert no_root.returncode != 0 and "--root" in no_root.stderr
     unknown = run_cli("mcp", "serve", "weather")
     assert unknown.returncode != 0 and "invalid choice" in unknown.stderr
+
+
+def test_a_missing_config_named_by_the_environment_and_a_bad_data_dir_are_errors(tmp_path, home):
+    missing = run_cli("mcp", "list", env={**home, "MINICPM_MCP_CONFIG": str(tmp_path / "typo.json")})
+    assert missing.returncode == 1 and "typo.json does not exist" in missing.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    bad_home = run_cli("mcp", "list", env={"MINICPM_HOME": str(a_file)})
+    assert bad_home.returncode == 1 and "MINICPM_HOME" in bad_home.stderr and "Traceback" not in bad_home.stderr

@@ -205,3 +205,46 @@ def test_a_tool_limit_offers_the_tools_closest_to_the_task(sessions):
     assert len(first) == 2 and "echo_env" in first
     # A tool already called in the task stays offered on the next turn.
     assert "echo_env" in [t["function"]["name"] for t in model.bound[1]["tools"]]
+
+
+class SmallContextModel(ScriptedModel):
+    """Refuses prompts of more than `fits` messages, as the runtime refuses a prompt over --ctx."""
+
+    fits: int = 4
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        from runtime.errors import ContextLengthError
+
+        if len(messages) > self.fits:
+            self.seen.append(list(messages))
+            raise ContextLengthError("the prompt does not fit")
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+def test_a_session_too_long_for_the_context_keeps_only_the_current_task(sessions):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    model = SmallContextModel(script=[AIMessage("one"), AIMessage("two"), AIMessage("three")], seen=[], bound=[])
+    agent = build_tool_agent(model, sessions, checkpointer=InMemorySaver())
+    for task in ("first", "second", "third"):
+        answer = list(ev.run(agent, "long", task=task))[-1]
+    # The third task's prompt (system + 5 messages) did not fit; it ran with the system prompt and itself.
+    assert isinstance(answer, ev.AnswerEvent) and answer.text in ("two", "three")
+    assert [m.content for m in model.seen[-1][1:]] == ["third"]
+
+
+def test_a_valid_call_runs_and_an_unusable_one_in_the_same_reply_is_explained(sessions):
+    both = AIMessage("", tool_calls=[{"name": "echo_env", "args": {"name": "GIVEN"}, "id": "ok", "type": "tool_call"}],
+                     invalid_tool_calls=[{"name": None, "args": "there is no tool named 'y'", "id": "bad",
+                                          "error": None, "type": "invalid_tool_call"}])
+    agent, model = agent_with([both, AIMessage("done")], sessions)
+    list(ev.run(agent, "mixed", task="go"))
+    second_turn = model.seen[1]
+    assert second_turn[-2].content == "<unset>" and "no tool named 'y'" in second_turn[-1].content
+
+
+def test_a_huge_tool_result_is_clipped():
+    from agents.tool_agent.graph import MAX_RESULT_CHARS, _clip
+
+    clipped = _clip("x" * (MAX_RESULT_CHARS + 500))
+    assert len(clipped) < MAX_RESULT_CHARS + 200 and "500 more characters cut" in clipped

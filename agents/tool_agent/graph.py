@@ -26,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
 from agents.tool_agent import prompts
+from runtime.errors import ContextLengthError
 from agents.tool_agent.state import ToolAgentState
 from agents.tool_agent.tool_selection import ToolSelector
 from mcp_tools.sessions import McpSessions
@@ -68,7 +69,18 @@ class ToolAgent:
             model = self.model.bind_tools(tools, tool_choice="required" if self.require_tool and steps == 0 else None)
         else:
             model = self.model
-        reply = _refuse_oversized_integers(model.invoke(messages))
+        try:
+            reply = model.invoke(messages)
+        except ContextLengthError:
+            # Earlier tasks of a long session no longer fit: keep the system prompt and this task only.
+            current = _current_task_messages(state["messages"])
+            if len(current) == len(state["messages"]):
+                return {"messages": [AIMessage(prompts.CONTEXT_FULL)], "steps": steps + 1, "decisions": {}}
+            try:
+                reply = model.invoke([messages[0], *current, *messages[1 + len(state["messages"]):]])
+            except ContextLengthError:
+                return {"messages": [AIMessage(prompts.CONTEXT_FULL)], "steps": steps + 1, "decisions": {}}
+        reply = _refuse_oversized_integers(reply)
         if steps >= self.max_steps and isinstance(reply, AIMessage) and (reply.tool_calls or reply.invalid_tool_calls):
             # A model that calls anyway gets no more tools: keep its words, drop the calls.
             reply = AIMessage(content=reply.content, id=reply.id, response_metadata=reply.response_metadata)
@@ -119,10 +131,14 @@ class ToolAgent:
                                        name=name, artifact={"repeated": True}))
                 continue
             result = self.sessions.call(name, args)
-            out.append(ToolMessage(result.text, tool_call_id=call_id, name=name,
+            out.append(ToolMessage(_clip(result.text), tool_call_id=call_id, name=name,
                                    status="error" if result.is_error else "success",
                                    artifact={"server": result.server, "structured": result.structured,
                                              "seconds": round(result.seconds, 4)}))
+        invalid = _last_ai(state).invalid_tool_calls
+        if invalid:  # calls in the same reply that could not be used: the model hears why, after the results
+            reasons = "; ".join(invalid_call_reason(c) for c in invalid)
+            out.append(HumanMessage(prompts.INVALID_CALL.format(error=reasons), additional_kwargs={"tool_call_error": True}))
         return {"messages": out}
 
     def report_invalid_call(self, state: ToolAgentState) -> dict[str, Any]:
@@ -186,6 +202,25 @@ def _refuse_oversized_integers(reply: AIMessage) -> AIMessage:
         "error": f"{call['name']}: an integer argument is out of range (integers must fit in 64 bits)"} for call in bad)]
     return reply.model_copy(update={"tool_calls": [c for c in reply.tool_calls if c not in bad],
                                     "invalid_tool_calls": invalid})
+
+
+MAX_RESULT_CHARS = 8000  # about 2K tokens: one result must not fill a small model's context
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return (text[:MAX_RESULT_CHARS] + f"\n[... {len(text) - MAX_RESULT_CHARS} more characters cut; "
+            "ask the tool for a smaller part if you need them]")
+
+
+def _current_task_messages(messages: list) -> list:
+    """The messages of the task under way: from the last message a person wrote as a task."""
+    for at in range(len(messages) - 1, -1, -1):
+        message = messages[at]
+        if isinstance(message, HumanMessage) and not message.additional_kwargs.get("tool_call_error"):
+            return messages[at:]
+    return messages
 
 
 def _current_task(messages: list) -> str:

@@ -14,3 +14,5 @@ REPEATED = ("You already called {name} with these arguments; the result was:\n{r
             "Use it instead of calling again.")
 STEP_LIMIT = ("You have used all {steps} steps allowed for this task. Answer the user now with what the "
               "tool results so far show; do not call any more tools.")
+CONTEXT_FULL = ("This task no longer fits in the model's context window, even without the earlier tasks of "
+                "this session. Start a new session, or use a model with a longer context (--ctx).")

@@ -265,8 +265,14 @@ class Source:
         self.path = Path(path)
         if fmt is not None and fmt not in FORMATS:
             raise MiniCPMError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        if not self.path.is_file():
+            what = "is a folder, not a file" if self.path.is_dir() else "does not exist"
+            raise MiniCPMError(f"{self.path} {what}")
         self.format = fmt or detect_format(self.path)
-        self.size = self.path.stat().st_size
+        try:
+            self.size = self.path.stat().st_size
+        except OSError as exc:
+            raise MiniCPMError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         self._input: _Input | None = None
 
     def position(self) -> int:

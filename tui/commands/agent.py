@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from agents.tool_agent.events import has_history, is_unfinished, pending_approval
     from mcp_tools.config import servers_for
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     session_id = args.session or uuid.uuid4().hex[:12]
 
     with _open_sessions(servers, console) as sessions, _checkpointer() as checkpointer:
-        console.print(f"[dim]MCP servers from {source}: {len(sessions.tools())} tools[/]")
+        console.print(f"[dim]MCP servers from {escape(source)}: {len(sessions.tools())} tools[/]")
         agent = _build_agent(args, sessions, checkpointer, console)
         if args.session and not has_history(agent, session_id):
             raise MiniCPMError(f"there is no session '{session_id}' (sessions live in {_db_path()})")
@@ -94,6 +95,7 @@ def _drive(agent, session_id, task, resume, args, render, console) -> int:
 
 def _ask(calls: list[dict], args, console) -> dict[str, str]:
     """Approve or deny each call; without a terminal to ask, everything is denied (and said so)."""
+    from rich.markup import escape
     from rich.prompt import Confirm
 
     if not sys.stdin.isatty():
@@ -103,13 +105,16 @@ def _ask(calls: list[dict], args, console) -> dict[str, str]:
     decisions = {}
     for call in calls:
         warning = " [red](destructive)[/]" if call.get("destructive") else ""
-        allowed = Confirm.ask(f"Allow [bold]{call['server']}.{call['name']}[/]({_args(call['args'])}){warning}?",
-                              console=console, default=False)
+        # Arguments come from the model: escaped, so what the user approves is exactly what runs.
+        allowed = Confirm.ask(f"Allow [bold]{escape(call['server'])}.{escape(call['name'])}[/]"
+                              f"({escape(_args(call['args']))}){warning}?", console=console, default=False)
         decisions[call["id"]] = "approve" if allowed else "deny"
     return decisions
 
 
 def _build_agent(args, sessions, checkpointer, console):
+    from rich.markup import escape
+
     from agents.chat_model import ChatMiniCPM
     from agents.tool_agent import build_tool_agent
     from runtime.backends.base import load_backend
@@ -117,7 +122,7 @@ def _build_agent(args, sessions, checkpointer, console):
     backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
     for notice in backend.notices:
-        console.print(f"[yellow]minicpm: note: {notice}[/]")
+        console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     try:
         model = ChatMiniCPM(backend=backend, temperature=args.temperature, max_tokens=args.max_tokens,
                             seed=args.seed, dialect=args.dialect, constrained=not args.free)
@@ -130,7 +135,9 @@ def _build_agent(args, sessions, checkpointer, console):
 def _open_sessions(servers, console):
     from mcp_tools.sessions import McpSessions
 
-    return McpSessions(servers, report=lambda message: console.print(f"[yellow]{message}[/]"))
+    from rich.markup import escape
+
+    return McpSessions(servers, report=lambda message: console.print(f"[yellow]{escape(message)}[/]"))
 
 
 def _db_path():

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from runtime.errors import MiniCPMError
 
+MAX_K = 1000  # results per search; more is a dump, not a search
+
 
 def _add_corpus_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=None, metavar="DIR",
@@ -142,6 +144,10 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise MiniCPMError("no files to ingest: name one or more files, or pass --sample for the shipped arXiv sample")
     if args.batch_size < 1:
         raise MiniCPMError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    from survey.corpus.readers import Source
+
+    for file in files:  # every input is checked before a corpus folder is made for them
+        Source(Path(file), args.format)
     path = corpus_path(args)
     started = time.perf_counter()
     with Corpus.open(path, create=True) as corpus, IngestProgress(enabled=not args.json) as progress:
@@ -176,8 +182,8 @@ def _authors(names: list[str], most: int = 3) -> str:
 def run_search(args: argparse.Namespace) -> int:
     from survey.corpus import Corpus
 
-    if args.k < 1:
-        raise MiniCPMError(f"--k must be at least 1 (got {args.k})")
+    if not 1 <= args.k <= MAX_K:
+        raise MiniCPMError(f"--k must be between 1 and {MAX_K} (got {args.k})")
     path = corpus_path(args)
     with Corpus.open(path) as corpus:
         results = corpus.search(args.query, k=args.k, mode=args.mode)
