@@ -12,7 +12,7 @@ What a user can rely on:
 - a server that cannot start is reported with the reason (command not found, the tail of its
   stderr, a connection error) and the others still run;
 - every call has a timeout (the server's `timeout` in the config, else 60 s); a server that does not
-  answer in time is stopped and restarted on next use;
+  answer in time is stopped (calls in flight on it fail with a message) and restarted on next use;
 - a server that crashes is reported and restarted on next use;
 - a tool that fails (isError, an exception, a bad result) comes back as a ToolResult with is_error
   set, text the model can read; `call` never raises for anything a server or a model does.
