@@ -46,7 +46,13 @@ def echo_env(name: str) -> str:
     return os.environ.get(name, "<unset>")
 
 
+only_bump = FastMCP("bump-only")
+only_bump.tool()(bump)  # one tool with a side effect: a model forced to call must call it, and be asked
+
 if __name__ == "__main__":
+    if "--only-bump" in sys.argv:
+        only_bump.run("stdio")
+        sys.exit(0)
     if "--fail-at-start" in sys.argv:
         print("cannot open the database", file=sys.stderr, flush=True)
         sys.exit(1)

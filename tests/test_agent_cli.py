@@ -88,3 +88,49 @@ def test_a_missing_config_named_by_the_environment_and_a_bad_data_dir_are_errors
     a_file.write_text("x")
     bad_home = run_cli("mcp", "list", env={"MINICPM_HOME": str(a_file)})
     assert bad_home.returncode == 1 and "MINICPM_HOME" in bad_home.stderr and "Traceback" not in bad_home.stderr
+
+
+@pytest.mark.slow
+def test_the_terminal_asks_before_a_side_effect_and_runs_it_on_yes(tmp_path, home):
+    """A real terminal (a pty): the approval question appears, 'y' is typed, the call runs."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+    from pathlib import Path
+
+    server = str(Path(__file__).parent / "mcp_test_server.py")
+    cfg = config_file(tmp_path, counter={"command": sys.executable, "args": [server, "--only-bump"]})
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minicpm_suite", "agent", "Bump the counter by 2.", "--mcp-config", cfg,
+         "--require-tool", "--max-steps", "2", "--max-tokens", "32", "--temperature", "0", "--threads", "1"],
+        stdin=follower, stdout=follower, stderr=follower, env={**os.environ, **home, "COLUMNS": "200"}, close_fds=True)
+    os.close(follower)
+    seen, answered = b"", False
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"Allow" in seen and b"[y/n]" in seen:
+                os.write(leader, b"y\n")
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        process.wait(30)
+    finally:
+        process.kill()
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert answered, text
+    assert "counter.bump" in text and "← bump" in text and "denied" not in text, text
+    assert process.returncode == 0, text
