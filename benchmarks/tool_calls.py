@@ -25,9 +25,9 @@ model wrote and the final GenerationEvent (score_reply):
 tool_choice="auto" is run too, constrained, for context: the share of prompts where the model
 starts a call at all (greedy, the text before the first start marker is the same constrained or not).
 
-The tool schemas mirror the built-in MCP servers planned for mcp_tools/ (files, calc, clock, notes,
-papers); they are written out in the data file because the servers do not exist yet. Once
-mcp_tools/ ships them, this benchmark should read the servers' real schemas instead.
+The tool schemas were written before the built-in MCP servers existed and mirror them loosely. They
+stay fixed in the data file so that this benchmark's numbers compare across commits, whatever the
+servers' docstrings become; benchmarks/mcp_eval.py scores calls against the servers' real schemas.
 
 Writes benchmarks/results/tool_calls.json (or --out) and prints a Markdown table.
 """
