@@ -22,7 +22,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import re
 import shlex
 import sqlite3
@@ -34,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, script_main, write_json
+from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
 
 DATA = Path(__file__).parent / "data" / "agent_tasks.json"
 
@@ -208,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": backend.model_label, "backend": backend.name, "dialect": args.dialect or "from the chat template",
         "max_steps": args.max_steps, "max_tokens": args.max_tokens,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "commit": source_version("runtime", "mcp_tools", "agents", "benchmarks"),
+        "machine": machine(),
         "settings": settings,
     }
     write_json(args.out, result)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 from pathlib import Path
 
 from runtime.atomic import atomic_write_text
@@ -24,3 +27,30 @@ def script_main(module) -> None:
     parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
     module.add_arguments(parser)
     raise SystemExit(module.run(parser.parse_args()))
+
+
+def source_version(*paths: str) -> str | None:
+    """The git commit, '+dirty' when the given folders (default: runtime) had uncommitted changes."""
+    root = Path(__file__).parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", *(paths or ("runtime",))], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """Where a benchmark ran: platform, CPU, and the versions of the packages that do the work."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("torch", "llama_cpp_python", "mcp"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), **packages}

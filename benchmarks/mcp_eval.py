@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -44,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, script_main, write_json
+from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
 
 DATA = Path(__file__).parent / "data" / "mcp_eval.jsonl"
 EXAMPLES = 4  # failures kept per setting
@@ -309,32 +306,6 @@ def command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def source_version() -> str | None:
-    """The git commit, '+dirty' when the code or data this benchmark runs had uncommitted changes."""
-    root = Path(__file__).parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "runtime", "mcp_tools", "benchmarks"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    packages = {}
-    for name in ("llama_cpp_python", "torch", "mcp"):
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), **packages}
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -347,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("bench mcp_eval: --max-tokens must be at least 1")
     data = load_samples(args.data)
     chosen = spread(data, args.limit)
-    commit = source_version()  # at the start: the code this run imports
+    commit = source_version("runtime", "mcp_tools", "benchmarks")  # at the start: the code this run imports
 
     started = time.perf_counter()
     backend = load_backend(args.backend, args.model, context_length=args.ctx, threads=args.threads,

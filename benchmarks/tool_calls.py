@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -47,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, script_main, write_json
+from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
 
 DATA = Path(__file__).parent / "data" / "tool_call_prompts.json"
 EXAMPLES = 3  # failures kept per setting
@@ -293,28 +291,6 @@ def ask(backend, prompt: Prompt, tools: list[dict[str, Any]], setting: Setting, 
     return reply, seconds
 
 
-def source_version() -> str | None:
-    """The git commit the runtime was at, '+dirty' when runtime/ had uncommitted changes."""
-    import subprocess
-
-    root = Path(__file__).parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "runtime"], cwd=root, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -382,8 +358,8 @@ def run(args: argparse.Namespace) -> int:
                      "prompts_per_backend": {b: len(ps) for b, (ps, _) in plan.items()},
                      "prompts_in_data": len(prompts), "sampled_temperature": args.sampled,
                      "data": str(args.data.relative_to(Path.cwd()) if args.data.is_relative_to(Path.cwd()) else args.data),
-                     "schemas": "mirror the planned built-in MCP servers (files, calc, clock, notes, papers); "
-                                "to be replaced by the servers' real schemas once mcp_tools/ ships them",
+                     "schemas": "fixed in the data file, loosely mirroring the built-in MCP servers, so runs "
+                                "compare across commits (benchmarks/mcp_eval.py uses the real schemas)",
                      "wall_seconds": round(time.perf_counter() - started, 1)},
         "results": rows,
         "replies": replies,
