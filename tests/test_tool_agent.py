@@ -248,3 +248,11 @@ def test_a_huge_tool_result_is_clipped():
 
     clipped = _clip("x" * (MAX_RESULT_CHARS + 500))
     assert len(clipped) < MAX_RESULT_CHARS + 200 and "500 more characters cut" in clipped
+
+
+def test_a_lookup_repeated_after_a_write_runs_again(sessions):
+    script = [call("echo_env", "c1", name="GIVEN"), call("bump", "c2", by=1), call("echo_env", "c3", name="GIVEN"),
+              AIMessage("done")]
+    agent, _ = agent_with(script, sessions, approve="auto")
+    results = [e for e in ev.run(agent, "rw", task="look, write, look") if isinstance(e, ev.ToolResultEvent)]
+    assert results[2].text == "<unset>"  # run again, not answered from before the write

@@ -115,7 +115,7 @@ class ToolAgent:
     def run_tools(self, state: ToolAgentState) -> dict[str, Any]:
         """Run the approved calls through MCP; every outcome becomes a tool message for the model."""
         decisions = state.get("decisions", {})
-        earlier = _earlier_results(state["messages"][:-1])
+        earlier = _earlier_results(state["messages"][:-1], self.sessions)
         out = []
         for call in _last_ai(state).tool_calls:
             name, args, call_id = call["name"], call["args"], call["id"]
@@ -261,15 +261,20 @@ def _call_key(name: str, args: dict[str, Any]) -> str:
     return name + json.dumps(args, sort_keys=True, ensure_ascii=False)
 
 
-def _earlier_results(messages: list) -> dict[str, str]:
-    """call key -> the result text, for the successful calls earlier in the conversation."""
+def _earlier_results(messages: list, sessions: McpSessions) -> dict[str, str]:
+    """call key -> the result text, for successful read-only calls since the last call with side effects
+    (after a write, the same lookup may answer differently)."""
     calls = {}
+    results: dict[str, str] = {}
     for message in messages:
         if isinstance(message, AIMessage):
             for call in message.tool_calls:
-                calls[call["id"]] = _call_key(call["name"], call["args"])
-    results = {}
-    for message in messages:
-        if isinstance(message, ToolMessage) and message.status != "error" and message.tool_call_id in calls:
-            results[calls[message.tool_call_id]] = message.content
+                calls[call["id"]] = call
+        elif isinstance(message, ToolMessage) and message.status != "error" and message.tool_call_id in calls:
+            call = calls[message.tool_call_id]
+            tool = sessions.tool(call["name"])
+            if tool is not None and tool.read_only:
+                results[_call_key(call["name"], call["args"])] = message.content
+            elif not (message.artifact or {}).get("repeated"):
+                results.clear()
     return results
