@@ -30,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tool-limit", type=int, default=None, metavar="N",
                         help="offer the model only the N tools closest to the task (helps small models choose)")
     parser.add_argument("--session", metavar="ID", help="continue this session (its id is printed at the end)")
-    add_model_arguments(parser)
-    parser.set_defaults(backend="auto")
+    add_model_arguments(parser, default_backend="auto")  # auto: the embedded GGUF runs on llama.cpp
     parser.add_argument("--dialect", choices=("minicpm", "hermes"), default=None,
                         help="tool-call format (default: from the model's chat template)")
     parser.add_argument("--free", action="store_true",

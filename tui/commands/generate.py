@@ -14,13 +14,13 @@ import sys
 from runtime.errors import MiniCPMError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = "torch") -> None:
     """--model/--backend and the load options every model-running verb shares."""
     parser.add_argument("--model", default="default",
                         help="'default' (embedded SmolLM2), an HF checkpoint folder, a .gguf file or a hub id")
-    parser.add_argument("--backend", choices=("torch", "gguf", "openai", "auto"), default="torch",
+    parser.add_argument("--backend", choices=("torch", "gguf", "openai", "auto"), default=default_backend,
                         help="torch: this project's runtime; gguf: llama.cpp; openai: an OpenAI-compatible server "
-                             "at --base-url; auto: torch or gguf, whichever suits the model (default: torch)")
+                             f"at --base-url; auto: torch or gguf, whichever suits the model (default: {default_backend})")
     parser.add_argument("--base-url", default=None, metavar="URL",
                         help="the openai backend's server, e.g. http://127.0.0.1:8000/v1 (or MINICPM_BASE_URL); "
                              "its API key comes from MINICPM_API_KEY or OPENAI_API_KEY")
