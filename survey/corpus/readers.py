@@ -266,8 +266,8 @@ class Source:
         if fmt is not None and fmt not in FORMATS:
             raise MiniCPMError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
         if not self.path.is_file():
-            what = "is a folder, not a file" if self.path.is_dir() else "does not exist"
-            raise MiniCPMError(f"{self.path} {what}")
+            raise MiniCPMError(f"{self.path} is a folder; name the files to ingest" if self.path.is_dir()
+                               else f"{self.path}: no such file")
         self.format = fmt or detect_format(self.path)
         try:
             self.size = self.path.stat().st_size
