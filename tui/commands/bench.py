@@ -16,6 +16,7 @@ BENCHMARKS = {
     "tool_calls": "share of well-formed, schema-valid tool calls from the embedded model, constrained or not",
     "vector_search": "dense search for the paper corpus: exact numpy vs sqlite-vec and faiss at 10K/140K vectors: latency, recall",
     "mcp_eval": "MiniCPM4-MCP's func/param/value tool-call metrics over the built-in MCP servers' real tools",
+    "survey_eval": "the survey agent per topic: structure, citation validity and support, coverage, retrieval latency",
     "agent_tasks": "the tool agent doing checkable tasks through the built-in MCP servers: success rate",
 }
 
