@@ -146,20 +146,9 @@ def _db_path():
 
 
 def _checkpointer():
-    import contextlib
-    import sqlite3
+    from agents.checkpoints import sqlite_checkpointer
 
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    @contextlib.contextmanager
-    def opened():
-        connection = sqlite3.connect(_db_path(), check_same_thread=False)  # the saver has its own lock
-        try:
-            yield SqliteSaver(connection)
-        finally:
-            connection.close()
-
-    return opened()
+    return sqlite_checkpointer(_db_path())
 
 
 def _args(args: dict) -> str:
