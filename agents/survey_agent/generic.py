@@ -35,7 +35,7 @@ _STOP = frozenset("""a an the and or of for in on to with from by via using base
 their its our we is are be as at this that these those new study approach approaches method methods framework through
 can how what when which while than more less between across analysis paper survey vs versus not without do does
 your you it all any via leveraging improving enhancing exploring rethinking beyond toward efficient effective novel
-system systems""".split())
+system systems against within among wild""".split())
 
 
 def clean_line(text: str) -> str:
@@ -158,6 +158,7 @@ def distinctive_heading(titles: Sequence[str], other_titles: Sequence[str], n: i
             continue  # 'agent' beside 'agentic': one is enough
         inside = [i for i, c in enumerate(chosen) if f" {c} " in f" {phrase} "]
         if inside:  # 'multi-agent' chosen, 'multi-agent reinforcement learning' says more
+            chosen = [c for i, c in enumerate(chosen) if i not in inside[1:]]
             chosen[inside[0]] = phrase
         elif not any(f" {phrase} " in f" {c} " for c in chosen) and len(chosen) < n:
             chosen.append(phrase)
