@@ -20,6 +20,7 @@ COMMANDS = {
     "convert": ("convert", "HF checkpoint folder -> GGUF file that llama.cpp loads"),
     "serve": ("serve", "OpenAI-compatible HTTP API over any backend, on 127.0.0.1"),
     "bench": ("bench", "run a benchmark from benchmarks/ and write its JSON results"),
+    "chat": ("chat", "the terminal UI: streaming chat with history, tools with approval, surveys"),
     "survey": ("survey", "write a cited survey for a query from the local paper corpus (Markdown, BibTeX, HTML)"),
     "corpus": ("corpus", "ingest / search / stats for the paper corpus"),
     "agent": ("agent", "one MCP tool-agent session in the terminal"),

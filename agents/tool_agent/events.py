@@ -135,12 +135,16 @@ def has_history(agent: ToolAgent, session_id: str) -> bool:
     return bool(agent.graph.get_state(config_for(agent, session_id)).values.get("messages"))
 
 
-def run(agent: ToolAgent, session_id: str, task: str | None = None, resume: Any = None) -> Iterator[AgentEvent]:
-    """Run a task (or resume an approval, or finish an interrupted task) and yield what happens."""
+def run(agent: ToolAgent, session_id: str, task: str | None = None, resume: Any = None,
+        history: list | None = None) -> Iterator[AgentEvent]:
+    """Run a task (or resume an approval, or finish an interrupted task) and yield what happens.
+
+    history: LangChain messages that come before the task in a new session (a chat kept elsewhere,
+    such as the TUI's store, whose earlier turns the model should see)."""
     if resume is not None:
         graph_input: Any = Command(resume=resume)
     elif task is not None:
-        graph_input = {"messages": [HumanMessage(task)], "steps": 0, "decisions": {}}
+        graph_input = {"messages": [*(history or []), HumanMessage(task)], "steps": 0, "decisions": {}}
     else:
         graph_input = None
     splitter = ThoughtSplitter()

@@ -1,0 +1,228 @@
+"""The chat app (`minicpm chat`) driven headless with Textual's Pilot, as a user would use it.
+
+A scripted backend stands in for the model where its wording would make a test flaky: it replays
+replies delta by delta through the real generation interface (runtime/events.py), and it can hold a
+reply half-way so that Esc has something to cancel. Everything else is real: the SQLite chat store
+in tmp_path, the tool agent's LangGraph interrupt, the built-in `notes` MCP server over stdio.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from runtime.events import ToolCall
+from tui.engine import ChatOptions
+from tui.tool_turns import McpHost
+from tui.widgets.tool_card import ToolCard
+from tui.widgets.messages import MessageView
+from tui_support import ScriptedBackend, make_app, send, settle, views
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINICPM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MINICPM_MCP_CONFIG", raising=False)
+    monkeypatch.delenv("MINICPM_TUI_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "home"
+
+
+async def test_send_a_message_and_see_the_streamed_answer_saved(tmp_path):
+    backend = ScriptedBackend("<think>The user greets me.</think>Hello! How can I **help**?")
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "Hi there")
+        answer = views(app, "assistant")[-1]
+        assert answer.text == "Hello! How can I **help**?"
+        assert answer.thinking == "The user greets me."
+        thoughts = answer.query_one(".thinking")
+        assert thoughts.display and thoughts.collapsed  # shown, folded away
+        assert app.screen.query_one("#prompt").text == ""  # the box is empty again
+        usage = str(app.screen.query_one("#usage").render())
+        assert "context" in usage and "/ 4,096 tokens" in usage
+        await send(pilot, "And again")
+    [chat] = store.list()
+    assert chat.title == "Hi there"
+    stored = store.messages(chat.id)
+    assert [(m.role, m.content) for m in stored[:2]] == [("user", "Hi there"), ("assistant", "Hello! How can I **help**?")]
+    assert stored[1].thinking == "The user greets me." and stored[1].usage["completion_tokens"] > 0
+    # The second request carries the first answer but not its reasoning.
+    second = backend.requests[1]
+    assert second[1] == {"role": "assistant", "content": "Hello! How can I **help**?"}
+    assert "greets" not in json.dumps(second)
+
+
+async def test_escape_cancels_a_reply_and_keeps_what_was_written(tmp_path):
+    backend = ScriptedBackend("one two three four five six", "next answer", hold_after=2)
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompt = app.screen.query_one("#prompt")
+        prompt.text = "count"
+        await pilot.press("enter")
+        assert backend.holding.wait(10)
+        await pilot.pause()
+        await pilot.press("escape")
+        backend.release.set()
+        await settle(pilot)
+        answer = views(app, "assistant")[-1]
+        assert answer.status == "cancelled" and answer.text == "one two"
+        assert "cancelled" in str(answer.query_one(".meta").render())
+        backend.hold_after = None
+        await send(pilot, "go on")
+        assert views(app, "assistant")[-1].text == "next answer"
+    [chat] = store.list()
+    assert [m.status for m in store.messages(chat.id) if m.role == "assistant"] == ["cancelled", "complete"]
+    # The cut-off reply is not context for the next one.
+    assert [m["content"] for m in backend.requests[1]] == ["count", "go on"]
+
+
+async def test_restart_finds_the_chat_in_the_history(tmp_path):
+    app, store = make_app(tmp_path, ScriptedBackend("Paris is the capital."))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "Capital of France?")
+    store.close()
+
+    backend = ScriptedBackend("It has about two million people.")
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert views(app, "assistant") == []  # a new chat at start
+        history = app.screen.query_one("#history")
+        assert len(history.children) == 1
+        history.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [v.text for v in app.screen.query(MessageView)] == ["Capital of France?", "Paris is the capital."]
+        await send(pilot, "How many people live there?")
+        assert backend.requests[0][-2:] == [{"role": "assistant", "content": "Paris is the capital."},
+                                            {"role": "user", "content": "How many people live there?"}]
+        # search finds it by a word of its messages
+        search = app.screen.query_one("#history-search")
+        search.value = "million"
+        await pilot.pause()
+        assert len(history.children) == 1
+        search.value = "zzzunfound"
+        await pilot.pause()
+        assert len(history.children) == 0
+
+
+async def test_rename_and_delete_from_the_history(tmp_path):
+    app, store = make_app(tmp_path, ScriptedBackend("a", "b"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "first chat")
+        history = app.screen.query_one("#history")
+        history.focus()
+        await pilot.press("r")
+        await pilot.pause()
+        answer = app.screen.query_one("#answer")
+        answer.value = "Renamed chat"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert store.list()[0].title == "Renamed chat"
+        assert "Renamed chat" in str(app.screen.query_one("#header").render())
+        history.focus()
+        await pilot.press("d")
+        await pilot.pause()
+        await pilot.click("#delete")
+        await pilot.pause()
+        assert store.list() == []
+        assert views(app, "user") == []  # the open chat was the one deleted: a new one is shown
+
+
+async def test_context_warning_and_a_conversation_that_no_longer_fits(tmp_path):
+    backend = ScriptedBackend("ok", context_length=40)
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, " ".join(["word"] * 34))  # 34 of 40 tokens: past the 80% warning
+        assert app.screen.query_one("#usage").has_class("warning")
+        assert any("full" in n.message for n in app._notifications)
+        await send(pilot, " ".join(["more"] * 10))  # no longer fits: refused, nothing generated
+        answer = views(app, "assistant")[-1]
+        assert answer.status == "error" and "no longer fits" in str(answer.query_one(".meta").render())
+    assert len(backend.requests) == 1
+
+
+async def test_keymap_from_the_settings_file_rebinds_new_chat(tmp_path):
+    app, store = make_app(tmp_path, ScriptedBackend("hello"), config={"keymap": {"new_chat": "f5"}})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "hi")
+        assert len(views(app, "user")) == 1
+        await pilot.press("f5")
+        await pilot.pause()
+        assert views(app, "user") == []
+
+
+async def test_thinking_toggle_reaches_the_chat_template(tmp_path):
+    backend = ScriptedBackend("a", "b")
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "first")
+        await pilot.press("ctrl+t")  # auto -> on
+        await pilot.press("ctrl+t")  # on -> off
+        await send(pilot, "second")
+        assert "thinking off" in str(app.screen.query_one("#header").render())
+    assert backend.template_kwargs == [{}, {"enable_thinking": False}]
+    assert store.get(store.list()[0].id).settings["thinking"] == "off"
+
+
+def notes_mcp(tmp_path) -> McpHost:
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"notes": {
+        "command": sys.executable, "args": ["-m", "minicpm_suite", "mcp", "serve", "notes"],
+        "env": {"MINICPM_HOME": str(tmp_path / "home")}}}}))
+    return McpHost(str(config))
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+async def test_a_tool_call_waits_for_approve_or_deny(tmp_path, decision):
+    call = ToolCall("call_1", "add_note", {"title": "Buy milk"})
+    backend = ScriptedBackend(call, "Noted." if decision == "approve" else "I did not add it.")
+    mcp = notes_mcp(tmp_path)
+    app, store = make_app(tmp_path, backend, config={"new_chat": {"tools": ["notes"]}}, mcp=mcp)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await send(pilot, "Remember to buy milk")
+        [card] = app.screen.query(ToolCard)
+        assert card.state == "pending" and not card.collapsed
+        assert "add_note" in str(card.title)
+        await pilot.click(f"#{decision}")
+        await settle(pilot)
+        assert card.state == ("done" if decision == "approve" else "denied")
+        if decision == "approve":
+            assert "Buy milk" in str(card.query_one(".tool-result").render())
+        assert views(app, "assistant")[-1].text == backend_reply(decision)
+    # what the model heard back after the decision
+    tool_message = backend.requests[1][-1]
+    assert tool_message["role"] == "tool"
+    assert ("Buy milk" in tool_message["content"]) == (decision == "approve")
+    [chat] = store.list()
+    roles = [(m.role, m.status) for m in store.messages(chat.id)]
+    assert roles == [("user", "complete"), ("assistant", "complete"),
+                     ("tool", "complete" if decision == "approve" else "denied"), ("assistant", "complete")]
+
+
+def backend_reply(decision: str) -> str:
+    return "Noted." if decision == "approve" else "I did not add it."
+
+
+async def test_settings_screen_changes_the_chat(tmp_path):
+    backend = ScriptedBackend("x")
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await send(pilot, "hello")
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        app.screen.query_one("#temperature").value = "hot"
+        await pilot.click("#save")
+        await pilot.pause()
+        assert "temperature must be a number" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#temperature").value = "0.2"
+        app.screen.query_one("#system_prompt").text = "Answer in French."
+        await pilot.click("#save")
+        await pilot.pause()
+    chat = store.list()[0]
+    options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
+    assert options.temperature == 0.2 and chat.system_prompt == "Answer in French."

@@ -1,0 +1,146 @@
+"""The chat app's steps without its widgets (tui/engine.py, tui/config.py, tui/tool_turns.py), and
+`minicpm chat`'s non-interactive flags."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import run_cli
+from runtime.errors import MiniCPMError
+from tui.config import ConfigError, TuiConfig
+from tui.engine import ChatOptions, ModelHost, ReplyDelta, ReplyDone, chat_messages, context_usage, stream_reply
+from tui_support import ScriptedBackend
+
+
+def stored(role, content, **fields):
+    base = {"thinking": "", "tool_calls": None, "tool_call_id": None, "name": None, "status": "complete", "usage": None}
+    return SimpleNamespace(role=role, content=content, **{**base, **fields})
+
+
+def test_options_check_their_values_and_round_trip_through_settings():
+    options = ChatOptions(model="m.gguf", backend="gguf", temperature=0.1, thinking="off", tools=("calc",))
+    again = ChatOptions.from_settings("m.gguf", "gguf", json.loads(json.dumps(options.to_settings())))
+    assert again == options
+    assert options.template_kwargs() == {"enable_thinking": False}
+    assert ChatOptions().template_kwargs() == {}
+    assert ChatOptions.from_settings("default", "auto", {"unknown_future_field": 1}) == ChatOptions()
+    with pytest.raises(MiniCPMError, match="temperature"):
+        ChatOptions(temperature=-1)
+    with pytest.raises(MiniCPMError, match="server URL"):
+        ChatOptions(backend="openai")
+    with pytest.raises(MiniCPMError, match="thinking"):
+        ChatOptions(thinking="maybe")
+
+
+def test_chat_messages_leave_out_reasoning_cut_off_replies_and_unanswered_calls():
+    messages = chat_messages("Be brief.", [
+        stored("user", "hi"),
+        stored("assistant", "hello", thinking="greeting"),
+        stored("user", "count"),
+        stored("assistant", "one two", status="cancelled"),
+        stored("user", "note it"),
+        stored("assistant", "", tool_calls=[{"id": "a", "name": "add_note", "args": {"title": "x"}},
+                                            {"id": "b", "name": "add_note", "args": {"title": "y"}}]),
+        stored("tool", '{"id": 1}', tool_call_id="a", name="add_note"),
+    ])
+    assert messages[:4] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "count"}]
+    assert messages[5]["tool_calls"] == [{"id": "a", "type": "function",
+                                          "function": {"name": "add_note", "arguments": {"title": "x"}}}]
+    assert messages[6] == {"role": "tool", "tool_call_id": "a", "name": "add_note", "content": '{"id": 1}'}
+    assert "greeting" not in json.dumps(messages) and "one two" not in json.dumps(messages)
+
+
+def test_stream_reply_splits_thoughts_and_reports_usage():
+    backend = ScriptedBackend("<think>plan the answer</think>The answer is 4.")
+    events = list(stream_reply(backend, [{"role": "user", "content": "2+2?"}], ChatOptions()))
+    done = events[-1]
+    assert isinstance(done, ReplyDone) and done.status == "complete"
+    assert done.content == "The answer is 4." and done.thinking == "plan the answer"
+    assert done.usage["completion_tokens"] == 6 and done.usage["context_length"] == 4096
+    assert any(isinstance(e, ReplyDelta) and e.thought for e in events)
+    # a marker's first characters at the very end are text, not a lost thought
+    done = list(stream_reply(ScriptedBackend("a <thi"), [{"role": "user", "content": "q"}], ChatOptions()))[-1]
+    assert done.content == "a <thi"
+
+
+def test_stream_reply_cancels_and_reports_backend_errors():
+    cancel = threading.Event()
+    cancel.set()
+    done = list(stream_reply(ScriptedBackend("one two three"), [{"role": "user", "content": "q"}], ChatOptions(),
+                             cancel))[-1]
+    assert done.status == "cancelled"
+
+    class Failing(ScriptedBackend):
+        def chat(self, *args, **kwargs):
+            raise MiniCPMError("the server went away")
+
+    done = list(stream_reply(Failing(), [{"role": "user", "content": "q"}], ChatOptions()))[-1]
+    assert done.status == "error" and done.error == "the server went away"
+
+
+def test_context_usage_warns_before_the_context_is_full():
+    backend = ScriptedBackend(context_length=10)
+    usage = context_usage(backend, [{"role": "user", "content": "a b c"}], ChatOptions())
+    assert usage.tokens == 3 and usage.warning is None
+    usage = context_usage(backend, [{"role": "user", "content": "a b c d e f g h i"}], ChatOptions())
+    assert "90% full" in usage.warning
+    usage = context_usage(backend, [{"role": "user", "content": " ".join("x" * 12)}], ChatOptions())
+    assert "no longer fits" in usage.warning
+
+
+def test_model_host_keeps_one_model_and_reloads_on_change():
+    loads = []
+
+    def loader(name, model, **kwargs):
+        loads.append((name, model))
+        return ScriptedBackend()
+
+    host = ModelHost(loader=loader)
+    first = host.get(ChatOptions())
+    assert host.get(ChatOptions(temperature=0.1)) is first  # sampling does not reload
+    assert host.loaded(ChatOptions(model="other.gguf")) is None
+    host.get(ChatOptions(model="other.gguf"))
+    assert loads == [("auto", "default"), ("auto", "other.gguf")]
+
+
+def test_settings_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "tui.json"
+    assert TuiConfig.load(path).models[0].options.model == "default"  # no file: the embedded model
+    for document, message in [
+        ("{", "not valid JSON"),
+        ('{"colour": "red"}', "unknown setting"),
+        ('{"keymap": {"launch": "f1"}}', "unknown binding id"),
+        ('{"models": [{"model": "x"}]}', r"models\[0\] needs a \"name\""),
+        ('{"new_chat": {"temperature": "hot"}}', "new_chat"),
+        ('{"new_chat": {"backend": "openai"}}', "server URL"),
+    ]:
+        path.write_text(document)
+        with pytest.raises(ConfigError, match=message):
+            TuiConfig.load(path)
+    path.write_text('{"theme": "nord", "keymap": {"new_chat": "f5"}, "new_chat": {"temperature": 0.3}}')
+    config = TuiConfig.load(path)
+    assert config.keys()["new_chat"] == "f5" and config.keys()["send"] == "enter"
+    config.save_theme("gruvbox")
+    assert json.loads(path.read_text()) == {"theme": "gruvbox", "keymap": {"new_chat": "f5"},
+                                            "new_chat": {"temperature": 0.3}}
+
+
+def test_chat_cli_lists_chats_and_refuses_bad_input(tmp_path):
+    env = {"MINICPM_HOME": str(tmp_path)}
+    out = run_cli("chat", "--list", env=env)
+    assert out.returncode == 0 and "no saved chats yet" in out.stdout
+    out = run_cli("chat", "--paths", env=env)
+    assert out.returncode == 0 and str(tmp_path / "chats.sqlite") in out.stdout
+    out = run_cli("chat", "--open", "nosuchchat", env=env)
+    assert out.returncode == 1 and "nosuchchat" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "tui.json").write_text('{"theme": 3}')
+    out = run_cli("chat", "--list", env=env)
+    assert out.returncode == 1 and "theme" in out.stderr
+    (tmp_path / "tui.json").unlink()
+    out = run_cli("chat", "--tools", "nosuchserver", env=env)
+    assert out.returncode == 1 and "no MCP server named nosuchserver" in out.stderr
