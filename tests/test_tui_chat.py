@@ -226,3 +226,17 @@ async def test_settings_screen_changes_the_chat(tmp_path):
     chat = store.list()[0]
     options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
     assert options.temperature == 0.2 and chat.system_prompt == "Answer in French."
+
+
+async def test_tools_screen_lists_the_servers_and_their_tools(tmp_path):
+    app, store = make_app(tmp_path, ScriptedBackend(), config={"new_chat": {"tools": ["notes"]}}, mcp=notes_mcp(tmp_path))
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"MCP tools")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await settle(pilot)
+        listing = str(app.screen.query_one("#tools-listing").render())
+        assert "notes" in listing and "on in this chat" in listing
+        assert "add_note (asks first)" in listing and "search_notes (read-only)" in listing
+        assert "delete_note (destructive, asks first)" in listing

@@ -144,3 +144,17 @@ def test_chat_cli_lists_chats_and_refuses_bad_input(tmp_path):
     (tmp_path / "tui.json").unlink()
     out = run_cli("chat", "--tools", "nosuchserver", env=env)
     assert out.returncode == 1 and "no MCP server named nosuchserver" in out.stderr
+
+
+def test_local_models_are_offered_in_the_picker(tmp_path):
+    from tui.config import local_models
+
+    (tmp_path / "small.gguf").write_bytes(b"GGUF")
+    checkpoint = tmp_path / "MiniCPM4-8B"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    found = {entry.name: entry.options for entry in local_models([tmp_path])}
+    assert found == {"MiniCPM4-8B (torch)": ChatOptions(model=str(checkpoint), backend="torch"),
+                     "small.gguf (llama.cpp)": ChatOptions(model=str(tmp_path / "small.gguf"), backend="gguf")}

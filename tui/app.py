@@ -78,6 +78,7 @@ class ChatApp(App):
         yield SystemCommand("Copy last code block", "copy the last fenced code block of the chat",
                             chat.action_copy_last_code)
         yield SystemCommand("Toggle history", "show or hide the chat list", chat.action_toggle_sidebar)
+        yield SystemCommand("MCP tools", "the configured MCP servers and their tools", chat.action_tools)
         yield SystemCommand("Start a survey", "write a cited survey from the local paper corpus", chat.action_survey)
 
     def on_unmount(self) -> None:

@@ -129,6 +129,24 @@ class TuiConfig:
         atomic_write_text(self.path, json.dumps(raw, indent=2) + "\n")
 
 
+def local_models(folders: list[Path] | None = None) -> list[ModelEntry]:
+    """Models found on disk, for the picker: .gguf files and HF checkpoint folders (config.json with
+    *.safetensors) in <data dir>/models and in the current folder. Never recursive: it runs as the
+    settings screen opens."""
+    from runtime.settings import data_dir
+
+    found: list[ModelEntry] = []
+    for folder in folders or [data_dir() / "models", Path.cwd()]:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix == ".gguf" and path.is_file():
+                found.append(ModelEntry(f"{path.name} (llama.cpp)", ChatOptions(model=str(path), backend="gguf")))
+            elif path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+                found.append(ModelEntry(f"{path.name} (torch)", ChatOptions(model=str(path), backend="torch")))
+    return found
+
+
 def default_path() -> Path:
     from runtime.settings import data_path
 

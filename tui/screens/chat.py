@@ -115,6 +115,9 @@ class ChatScreen(Screen):
         limit = backend.context_length if backend else (last or {}).get("context_length")
         self.query_one("#usage", UsageBar).show_usage(used, limit, last=last, note=note)
 
+    def assistant_label(self) -> str:
+        return f"assistant · {self.options.model}"
+
     def note(self, text: str) -> None:
         self.query_one("#usage", UsageBar).busy(text)
 
@@ -150,7 +153,7 @@ class ChatScreen(Screen):
                 widgets.append(MessageView("user", m.content))
             elif m.role == "assistant":
                 if m.content or m.thinking or not m.tool_calls:
-                    widgets.append(MessageView("assistant", m.content, thinking=m.thinking, label=self.options.model,
+                    widgets.append(MessageView("assistant", m.content, thinking=m.thinking, label=self.assistant_label(),
                                                footer=footer_of(m.usage, m.status), status=m.status))
                 for call in m.tool_calls or []:
                     card = ToolCard(call["id"], call["name"], call.get("args", {}))
@@ -265,8 +268,10 @@ class ChatScreen(Screen):
                 return
             self.apply_settings(*result)
 
-        self.app.push_screen(ChatSettings(self.options, self.system_prompt, presets=self.config.models,
-                                          servers=servers), done)
+        from tui.config import local_models
+
+        self.app.push_screen(ChatSettings(self.options, self.system_prompt,
+                                          presets=[*self.config.models, *local_models()], servers=servers), done)
 
     def apply_settings(self, options: ChatOptions, system_prompt: str) -> None:
         reload = options.load_key() != self.options.load_key()
@@ -304,6 +309,11 @@ class ChatScreen(Screen):
             return
         self.notify("no code block in this chat", severity="warning")
 
+    def action_tools(self) -> None:
+        from tui.screens.tools import ToolsScreen
+
+        self.app.push_screen(ToolsScreen(self.mcp, self.options.tools))
+
     def action_survey(self) -> None:
         from tui.screens.survey import SurveyScreen
 
@@ -328,7 +338,7 @@ class ChatScreen(Screen):
         self.store.add_message(conversation.id, "user", text)
         event.prompt.clear()
         await self.messages_box.mount(MessageView("user", text))
-        view = MessageView("assistant", label=self.options.model, footer="…")
+        view = MessageView("assistant", label=self.assistant_label(), footer="…")
         await self.messages_box.mount(view)
         self.messages_box.scroll_end(animate=False)
         self.query_one(HistoryList).reload(conversation.id)
@@ -486,7 +496,7 @@ class ChatScreen(Screen):
             self.store.add_message(conversation_id, **form)
 
     def new_assistant_view(self) -> MessageView:
-        view = MessageView("assistant", label=self.options.model)
+        view = MessageView("assistant", label=self.assistant_label())
         self.messages_box.mount(view)
         self.messages_box.scroll_end(animate=False)
         return view

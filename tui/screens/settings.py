@@ -45,13 +45,13 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
             yield Label("Model preset")
             yield Select([(p.name, i) for i, p in enumerate(self.presets)], prompt="(keep the fields below)",
                          id="preset", allow_blank=True)
-            yield Label("Model: 'default' (embedded), a .gguf file, an HF checkpoint folder, or a server's model name")
+            yield Label("Model: 'default', a .gguf file, an HF folder, or a server's model")
             yield Input(o.model, id="model")
             with Horizontal(classes="row"):
                 yield Select([(b, b) for b in ("auto", "torch", "gguf", "openai")], value=o.backend, id="backend",
                              allow_blank=False)
                 yield Input(o.base_url or "", placeholder="server URL (openai backend)", id="base_url")
-            yield Label("Sparse attention (InfLLM v2, torch backend) · thinking (enable_thinking)")
+            yield Label("InfLLM v2 sparse attention (torch) · thinking (enable_thinking)")
             with Horizontal(classes="row"):
                 yield Select([(f"sparse {v}", v) for v in ("auto", "on", "off")], value=o.sparse, id="sparse",
                              allow_blank=False)
@@ -67,7 +67,7 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
                             id="context_length")
             yield Label("System prompt")
             yield TextArea(self.system_prompt, id="system_prompt")
-            yield Label("MCP servers this chat may use (calls with side effects ask first)")
+            yield Label("MCP servers this chat may use (side effects ask first)")
             yield SelectionList(*[(f"{name}" + ("" if count is None else f" ({count} tools)"), name, name in o.tools)
                                   for name, count in self.servers.items()], id="tools")
             yield Static("", id="settings-error", classes="error")
