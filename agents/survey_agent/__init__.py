@@ -5,7 +5,8 @@
 - actions.py: MiniCPM4-Survey's <answer>/<tool_call> response format, parsed without trusting it;
 - prompts.py: the `minicpm` prompts (upstream's layout) and the `generic` step-wise prompts;
 - generic.py: checks and fallbacks that let small models finish a grounded survey;
-- graph.py: the LangGraph graph for both modes, write_survey() and SurveyResult.
+- graph.py: the LangGraph graph for both modes, write_survey() and SurveyResult;
+- runs.py: what the survey command and the chat app's survey screen share (corpus, mode, earlier runs).
 """
 
 from agents.survey_agent.graph import MODES, SurveyAgent, SurveyResult, write_survey

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from agents.checkpoints import latest_values, sqlite_checkpointer
+    from agents.survey_agent.runs import default_mode
     from runtime.settings import data_path
 
     _check(args)
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         corpus = _open_corpus(args, previous, console)
         with corpus:
             model = _load_model(args, console)
-            mode = args.mode or (previous or {}).get("mode") or _default_mode(model)
+            mode = args.mode or (previous or {}).get("mode") or default_mode(model)
             outputs = _outputs(args, previous)
             return _drive(args, model, corpus, mode, outputs, checkpointer, previous, console)
 
@@ -93,26 +94,15 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _open_corpus(args, previous, console):
-    from survey.corpus import Corpus, default_corpus_path, shipped_sample
+    from rich.markup import escape
+
+    from agents.survey_agent.runs import open_corpus
+    from tui.commands.corpus import IngestProgress
 
     path = args.corpus or (Path(previous["corpus"]) if previous and previous.get("corpus") else None)
-    if path is None:
-        path = default_corpus_path()
-        if not path.exists():
-            console.print(f"[dim]no corpus yet: building {path} from the arXiv sample shipped with the suite[/]")
-            from tui.commands.corpus import IngestProgress
-
-            with Corpus.open(path, create=True) as corpus, IngestProgress(enabled=console.is_terminal) as progress:
-                corpus.ingest([shipped_sample()], progress=progress)
-    corpus = Corpus.open(path)
-    stats = corpus.stats(top=0)
-    if stats.papers == 0:
-        corpus.close()
-        raise MiniCPMError(f"the corpus at {path} is empty: add papers with `minicpm corpus ingest FILE... --corpus {path}`")
-    if stats.with_vectors < stats.papers:
-        console.print(f"[yellow]{stats.papers - stats.with_vectors:,} of {stats.papers:,} papers have no vectors yet; "
-                      f"they are found by keyword only (run `minicpm corpus ingest` to finish embedding)[/]")
-    return corpus
+    styles = {"info": "dim", "warning": "yellow"}
+    return open_corpus(path, note=lambda text, level: console.print(f"[{styles[level]}]{escape(text)}[/]"),
+                       progress=lambda: IngestProgress(enabled=console.is_terminal))
 
 
 def _load_model(args, console):
@@ -126,10 +116,6 @@ def _load_model(args, console):
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     return ChatMiniCPM(backend=backend, temperature=0.0, seed=args.seed)
-
-
-def _default_mode(model) -> str:
-    return "minicpm" if "survey" in model.model_name.lower() and "minicpm" in model.model_name.lower() else "generic"
 
 
 def _outputs(args, previous) -> dict[str, str]:
@@ -237,6 +223,8 @@ class LiveView:
         if self.live is None:
             from rich.markup import escape
 
+            from agents.survey_agent.runs import describe
+
             self.console.print(escape(describe(entry)), style=_STYLES.get(entry.get("kind"), "dim"))
 
     def _render(self):
@@ -246,6 +234,7 @@ class LiveView:
         from rich.text import Text
         from rich.tree import Tree
 
+        from agents.survey_agent.runs import describe
         from survey.document import SurveyDocument
 
         state = self.last
@@ -289,34 +278,3 @@ class JsonView:
 
 _STYLES = {"write": "green", "plan": "bold", "retry": "yellow", "fallback": "yellow", "invalid": "yellow",
            "removed": "yellow", "failed": "red", "complete": "green"}
-
-
-def describe(entry: dict) -> str:
-    """One line for a log entry."""
-    kind = entry.get("kind")
-    if kind == "search":
-        return (f"searched {'; '.join(entry['queries'])!r}: {entry['found']} papers, {entry['new']} new "
-                f"({entry['total']} in all, {entry['seconds'] * 1000:.0f} ms)")
-    if kind == "plan":
-        note = f" ({entry['fallback']})" if entry.get("fallback") else ""
-        return f"outline: {entry['title']}: " + " | ".join(entry["outline"]) + note
-    if kind == "write":
-        removed = f", {len(entry['removed'])} unretrieved citation(s) removed" if entry.get("removed") else ""
-        return f"wrote {entry['part']}: {entry['words']} words, {entry['citations']} papers cited{removed}"
-    if kind == "retry":
-        return f"asked again for {entry['part']}: {entry['reason']}"
-    if kind == "fallback":
-        return f"{entry['part']}: fell back to {entry['what']} ({entry['reason']})"
-    if kind == "removed":
-        return f"{entry['part']}: removed citation(s) {', '.join(entry['keys'])} ({entry['reason']})"
-    if kind == "off_topic":
-        return f"dropped the model's search queries {entry['queries']} (not about the survey's query)"
-    if kind == "invalid":
-        return f"unusable response ({entry['failures']} in a row): {entry['reason']}"
-    if kind == "finalize_refused":
-        return f"finalize refused: {entry['missing']} is not written yet"
-    if kind == "complete":
-        return f"complete: {entry['references']} references in {entry['steps']} model calls"
-    if kind == "failed":
-        return f"failed: {entry['error']}"
-    return json.dumps(entry, ensure_ascii=False)
