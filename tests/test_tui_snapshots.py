@@ -52,3 +52,7 @@ def test_settings_screen(snap_compare, tmp_path):
 
 def test_command_palette(snap_compare, tmp_path):
     assert snap_compare(seeded_app(tmp_path), press=["ctrl+p", *"chat"], terminal_size=SIZE)
+
+
+def test_survey_screen(snap_compare, tmp_path):
+    assert snap_compare(seeded_app(tmp_path), press=["ctrl+s"], terminal_size=SIZE)
