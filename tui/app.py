@@ -82,5 +82,12 @@ class ChatApp(App):
         yield SystemCommand("Start a survey", "write a cited survey from the local paper corpus", chat.action_survey)
 
     def on_unmount(self) -> None:
+        # A reply in flight stops at its next token, a survey after its current model call; the
+        # model is closed only once no worker uses it (else the process exits with it open).
+        for screen in self.screen_stack:
+            for flag in ("cancel_event", "stop"):
+                event = getattr(screen, flag, None)
+                if event is not None and hasattr(event, "set"):
+                    event.set()
+        self.host.close(timeout=5)
         self.mcp.close()
-        self.host.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -101,6 +102,21 @@ class ModelHost:
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self.backend = None
+        self._users = 0  # workers generating now: the backend is not closed under them
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def busy(self):
+        """Held by a worker while it generates: close() waits for it (closing llama.cpp's context
+        under a thread that is decoding would crash the process)."""
+        with self._idle:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
 
     def get(self, options: ChatOptions):
         with self._lock:
@@ -116,9 +132,15 @@ class ModelHost:
         """The backend if these options' model is the one loaded, else None (never loads)."""
         return self.backend if self._key == options.load_key() else None
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
+        """Close the backend once no worker generates (at most `timeout` seconds of waiting; False
+        when it is still in use then, and left open: the process exits without closing it)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._users == 0, timeout):
+                return False
         with self._lock:
             self._close()
+        return True
 
     def _close(self) -> None:
         if self.backend is not None and hasattr(self.backend, "close"):

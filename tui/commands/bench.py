@@ -17,6 +17,7 @@ BENCHMARKS = {
     "vector_search": "dense search for the paper corpus: exact numpy vs sqlite-vec and faiss at 10K/140K vectors: latency, recall",
     "mcp_eval": "MiniCPM4-MCP's func/param/value tool-call metrics over the built-in MCP servers' real tools",
     "survey_eval": "the survey agent per topic: structure, citation validity and support, coverage, retrieval latency",
+    "corpus_scale": "the paper corpus at 140K papers: ingest papers/s (bm25, dense) and query p50/p95 per search mode",
     "agent_tasks": "the tool agent doing checkable tasks through the built-in MCP servers: success rate",
 }
 

@@ -100,6 +100,9 @@ class ChatScreen(Screen):
         if self.preload:
             self.load_model()
 
+    def on_unmount(self) -> None:
+        self.cancel_event.set()  # the app is closing: a reply in flight stops at its next token
+
     @property
     def messages_box(self) -> VerticalScroll:
         return self.query_one("#messages", VerticalScroll)
@@ -388,35 +391,40 @@ class ChatScreen(Screen):
     def reply(self, conversation_id: str, text: str, view: MessageView) -> None:
         call = self.app.call_from_thread
         try:
-            if self.host.loaded(self.options) is None:
-                call(view.set_footer, f"loading {self.options.model}…")
-            backend = self.host.get(self.options)
-            call(self.model_ready)
-            messages = chat_messages(self.system_prompt, self.store.messages(conversation_id))
-            usage = context_usage(backend, messages, self.options)
-            call(self.usage, usage.tokens)
-            if usage.tokens is not None and usage.tokens >= usage.limit:
-                call(self.finish_view, view, ReplyDone("", "", "error", None, error=usage.warning))
-                return
-            if usage.warning:
-                call(self.notify, usage.warning, severity="warning", timeout=8)
-            if self.options.tools:
-                self.tool_reply(conversation_id, backend, messages, text, view)
-                return
-            for event in stream_reply(backend, messages, self.options, self.cancel_event):
-                if isinstance(event, ReplyDelta):
-                    call(view.add_delta, event.text, event.thought)
-                elif isinstance(event, ReplyProgress):
-                    call(view.set_footer, f"reading the prompt: {event.processed:,} / {event.total:,} tokens")
-                elif isinstance(event, ReplyDone):
-                    if event.status != "error":
-                        self.store.add_message(conversation_id, "assistant", event.content, thinking=event.thinking,
-                                               status=event.status, usage=event.usage)
-                    call(self.finish_view, view, event)
+            with self.host.busy():
+                self._reply(conversation_id, text, view)
         except MiniCPMError as exc:
             call(self.finish_view, view, ReplyDone(view.text, view.thinking, "error", None, error=str(exc)))
         finally:
             call(self.reply_ended)
+
+    def _reply(self, conversation_id: str, text: str, view: MessageView) -> None:
+        call = self.app.call_from_thread
+        if self.host.loaded(self.options) is None:
+            call(view.set_footer, f"loading {self.options.model}…")
+        backend = self.host.get(self.options)
+        call(self.model_ready)
+        messages = chat_messages(self.system_prompt, self.store.messages(conversation_id))
+        usage = context_usage(backend, messages, self.options)
+        call(self.usage, usage.tokens)
+        if usage.tokens is not None and usage.tokens >= usage.limit:
+            call(self.finish_view, view, ReplyDone("", "", "error", None, error=usage.warning))
+            return
+        if usage.warning:
+            call(self.notify, usage.warning, severity="warning", timeout=8)
+        if self.options.tools:
+            self.tool_reply(conversation_id, backend, messages, text, view)
+            return
+        for event in stream_reply(backend, messages, self.options, self.cancel_event):
+            if isinstance(event, ReplyDelta):
+                call(view.add_delta, event.text, event.thought)
+            elif isinstance(event, ReplyProgress):
+                call(view.set_footer, f"reading the prompt: {event.processed:,} / {event.total:,} tokens")
+            elif isinstance(event, ReplyDone):
+                if event.status != "error":
+                    self.store.add_message(conversation_id, "assistant", event.content, thinking=event.thinking,
+                                           status=event.status, usage=event.usage)
+                call(self.finish_view, view, event)
 
     async def finish_view(self, view: MessageView, done: ReplyDone) -> None:
         if done.status == "error":
@@ -542,7 +550,8 @@ class ChatScreen(Screen):
     @work(thread=True, group="reply")
     def resume_turn(self, conversation_id: str, turn, decisions: dict[str, str]) -> None:
         try:
-            self.drive_turn(conversation_id, turn, turn.resume(decisions), None)
+            with self.host.busy():
+                self.drive_turn(conversation_id, turn, turn.resume(decisions), None)
         except MiniCPMError as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error")
         finally:

@@ -224,7 +224,8 @@ class SurveyScreen(Screen):
     def drive(self, run_id: str, query: str | None, budget: int) -> None:
         """Start (query given) or resume run_id; at most `budget` model calls."""
         try:
-            self._drive(run_id, query, budget)
+            with self.host.busy():
+                self._drive(run_id, query, budget)
         except MiniCPMError as exc:
             self._ui(self.error, str(exc))
         except Exception as exc:  # a model or backend failure: said in a line, not a traceback
