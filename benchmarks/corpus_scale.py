@@ -20,8 +20,10 @@ What is measured, in one run, on the real arXiv cs 2024-2026 file in shared data
    [N, 384] matrix (`corpus.vectors()`, what a one-shot `minicpm corpus search` pays) and loading the
    embedder; then one warm-up query per mode; then each mode runs all queries, one mode after the other.
 3. Where the hybrid time goes: the same queries through the steps `search(mode="hybrid")` takes,
-   each timed (the vector-count check, embedding the query, the numpy scan for the top 50, bm25 for the
-   top 50, fusion plus fetching the papers). The issue's target is hybrid p50 <= 50 ms.
+   each timed on its own, one after the other (embedding the query, the numpy scan for the top 50,
+   bm25 for the top 50, fusion plus fetching the papers) and their sum. search() itself runs bm25 on
+   a worker thread beside the embedding and the scan, so its hybrid time is below sum_of_steps. The
+   issue's target is hybrid p50 <= 50 ms.
 
 Queries (--queries N, default 100): a fifth (at most 20) are hand-written topical queries (QUERIES
 below); the rest are derived deterministically from the corpus's own titles: papers picked with a
@@ -66,7 +68,8 @@ import numpy as np
 from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
 from runtime.atomic import atomic_write_text
 
-DEFAULT_DATA = Path("/work/shared/data/arxiv/arxiv_cs_2024_2026.jsonl.gz")
+# The shared data folder beside the checkout (../shared, as CI and the developers' machines lay it).
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv" / "arxiv_cs_2024_2026.jsonl.gz"
 NOTE = "corpus_scale.json"  # left in --corpus DIR: what was ingested there and how fast
 MODES = ("bm25", "dense", "hybrid")
 TARGET_HYBRID_P50_MS = 50.0
@@ -392,8 +395,8 @@ def measure_latency(folder: Path, queries: list[str], k: int, embedder_loaded: b
 
         # search(mode="hybrid") step by step (survey/corpus/search.py), each step timed.
         depth = max(FUSION_DEPTH, 2 * k)
-        steps: dict[str, list[float]] = {"vector_count_check": [], "query_embedding": [], "numpy_scan": [],
-                                         "bm25": [], "fuse_and_fetch": [], "total": []}
+        steps: dict[str, list[float]] = {"query_embedding": [], "numpy_scan": [], "bm25": [], "fuse_and_fetch": [],
+                                         "sum_of_steps": []}
 
         def lap(name: str, t0: float) -> float:
             now = time.perf_counter()
@@ -402,8 +405,6 @@ def measure_latency(folder: Path, queries: list[str], k: int, embedder_loaded: b
 
         for q in queries:
             t = t0 = time.perf_counter()
-            corpus.vector_count()
-            t = lap("vector_count_check", t)
             vec = embedder.encode_one(q)
             t = lap("query_embedding", t)
             pks, matrix = corpus.vectors()
@@ -416,7 +417,7 @@ def measure_latency(folder: Path, queries: list[str], k: int, embedder_loaded: b
             papers = corpus.papers_by_pk(pk for pk, _, _ in fused)
             [replace(papers[pk], score=s, ranks=r) for pk, s, r in fused if pk in papers]
             lap("fuse_and_fetch", t)
-            steps["total"].append((time.perf_counter() - t0) * 1000)
+            steps["sum_of_steps"].append((time.perf_counter() - t0) * 1000)
         breakdown = {name: stats_ms(times) for name, times in steps.items()}
         return {
             "load": {"vectors_s": round(vectors_s, 3), "vectors": len(pks),

@@ -430,3 +430,37 @@ def test_a_missing_input_is_an_error_and_makes_no_corpus(tmp_path):
     assert not corpus.exists()
     huge = run_cli("corpus", "search", "x", "--k", "100000000000000000000", "--corpus", str(corpus))
     assert huge.returncode == 1 and "--k must be between 1 and 1000" in huge.stderr
+
+
+def test_bm25_leaves_out_words_most_papers_match_without_changing_the_ranking(tmp_path):
+    """A word in more than half of the papers has FTS5 idf 1e-6: the ranking query leaves it out
+    (ranking every paper it matches is most of a query's time at scale), the order stays FTS5's,
+    and when the other words match fewer than k papers the full query fills the list."""
+    from survey.corpus.search import _ranked, bm25
+
+    papers = [{"id": f"2401.{i:05d}", "title": f"Paper {i} on a model", "date": "2024-01-01",
+               "abstract": "We train a model. " + "The sparse attention is sparse. " * (i % 4 if i < 6 else 0)}
+              for i in range(12)]
+    path = tmp_path / "papers.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in papers))
+    with Corpus.open(tmp_path / "corpus", create=True) as c:
+        c.ingest([path], embed=False)
+        assert c.match_counts(['"model"', '"sparse"']) == (12, [12, 4])
+        sql: list[str] = []
+        c.db.set_trace_callback(sql.append)
+        pruned = bm25(c, "sparse model", 3)
+        c.db.set_trace_callback(None)
+        full = _ranked(c, '"sparse" OR "model"', 3)
+        assert [pk for pk, _ in pruned] == [pk for pk, _ in full]
+        assert [s for _, s in pruned] == pytest.approx([s for _, s in full], abs=1e-5)
+        assert any("MATCH '\"sparse\"'" in q and "ORDER BY" in q for q in sql)  # ranked without "model"
+        assert not any("MATCH '\"sparse\" OR \"model\"'" in q for q in sql)
+        # Only 4 papers say "sparse": for 6 results the papers that only say "model" come after them.
+        six = bm25(c, "sparse model", 6)
+        assert [pk for pk, _ in six] == [pk for pk, _ in _ranked(c, '"sparse" OR "model"', 6)]
+        titles = [c.papers_by_pk([pk])[pk].title for pk, _ in six]
+        assert all("sparse" in c.papers_by_pk([pk])[pk].abstract for pk, _ in six[:4]) and len(titles) == 6
+        # A new paper changes the counts: the cache follows the database.
+        path.write_text(json.dumps({"id": "2401.99999", "title": "Sparse", "abstract": "sparse"}) + "\n")
+        c.ingest([path], embed=False)
+        assert c.match_counts(['"sparse"']) == (13, [5])

@@ -73,7 +73,7 @@ def test_run_writes_sane_results_and_reuses_the_corpus(tmp_path, capsys):
         assert m["mean_results"] > 0, mode
     assert result["latency"]["dense"]["mean_results"] == 10  # k, and every paper has a vector
     steps = result["hybrid_breakdown"]
-    assert {"query_embedding", "numpy_scan", "bm25", "total"} <= set(steps)
+    assert {"query_embedding", "numpy_scan", "bm25", "sum_of_steps"} <= set(steps)
     assert all(0 <= s["p50_ms"] <= s["p95_ms"] for s in steps.values())
     assert result["target"]["met"] == (result["latency"]["hybrid"]["p50_ms"] <= 50)
     queries = result["queries"]

@@ -169,7 +169,7 @@ class SurveyAgent:
         meaning (dense search always returns neighbours, however far)."""
         if self.corpus.search(query, k=1, mode="bm25"):
             return True
-        nearest = self.corpus.search(query, k=1, mode="dense") if self.corpus.vector_count() else []
+        nearest = self.corpus.search(query, k=1, mode="dense") if self.corpus.has_vectors() else []
         return bool(nearest) and (nearest[0].score or 0.0) >= MIN_TOPIC_SIMILARITY
 
     def plan(self, state: SurveyState) -> dict:

@@ -56,7 +56,7 @@ def build_server(corpus_path) -> FastMCP:
         corpus = Corpus.open(corpus_path)
     except CorpusError as exc:
         raise MiniCPMError(str(exc)) from None
-    has_vectors = corpus.vector_count() > 0
+    has_vectors = corpus.has_vectors()
     server = FastMCP("papers", log_level="WARNING",
                      instructions="Search the local corpus of paper abstracts (arXiv metadata) and read records.")
 

@@ -4,11 +4,17 @@ Dense search is an exact scan in numpy: one [N, 384] @ [384] product and a parti
 vectors are read from SQLite once per process and kept until an ingest changes them.
 benchmarks/vector_search.py measured this against sqlite-vec and faiss; the README quotes the numbers
 and the reasons for the choice.
+
+Hybrid search runs its two halves at once: the bm25 query in a worker thread while this thread
+embeds the query and scans the vectors. Both release the GIL (SQLite while it steps, torch and numpy
+in their kernels), so on two cores a hybrid query costs about its slower half, not the sum
+(benchmarks/corpus_scale.py times both on the 140K-paper corpus).
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -25,10 +31,10 @@ FUSION_DEPTH = 50  # each list contributes at least this many candidates to the 
 STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "in", "into", "is", "it", "its", "of", "on", "or", "that", "the", "their", "this", "to", "was", "were", "what", "when", "which", "with", "we", "our", "via", "using", "based", "about", "can", "do", "does", "between", "vs", "versus"])
 
 
-def fts_query(text: str) -> str | None:
-    """An FTS5 query that matches any of the words in text, each quoted: FTS5 operators, column
-    filters, parentheses and stray quotes in the input are read as plain words, never as syntax.
-    None when the text has no words."""
+def fts_terms(text: str) -> list[str]:
+    """The words of text as FTS5 terms, each quoted: FTS5 operators, column filters, parentheses and
+    stray quotes in the input are read as plain words, never as syntax. Stopwords are left out
+    unless nothing else is left."""
     terms: list[str] = []
     fallback: list[str] = []
     seen = set()
@@ -42,20 +48,43 @@ def fts_query(text: str) -> str | None:
             continue
         seen.add(key)
         (fallback if len(words) == 1 and key in STOPWORDS else terms).append(quoted)
-    terms = terms or fallback
+    return terms or fallback
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 query that matches any of the words in text (fts_terms); None when it has no words."""
+    terms = fts_terms(text)
     return " OR ".join(terms) if terms else None
 
 
-def bm25(corpus: Corpus, query: str, k: int) -> list[tuple[int, float]]:
-    """(pk, score) best first; score is FTS5's bm25 negated, so higher is better."""
-    match = fts_query(query)
-    if match is None:
-        return []
+def _ranked(corpus: Corpus, match: str, k: int) -> list[tuple[int, float]]:
     with corpus.lock:
         rows = corpus.db.execute(
             f"SELECT rowid, bm25(papers_fts, {TITLE_WEIGHT}, {ABSTRACT_WEIGHT}, {AUTHORS_WEIGHT}) AS s "
             "FROM papers_fts WHERE papers_fts MATCH ? ORDER BY s LIMIT ?", (match, k)).fetchall()
     return [(pk, -s) for pk, s in rows]
+
+
+def bm25(corpus: Corpus, query: str, k: int) -> list[tuple[int, float]]:
+    """(pk, score) best first; score is FTS5's bm25 negated, so higher is better.
+
+    FTS5 ranks every paper that matches any term, and most of a query's time goes to terms that
+    match most papers ("model" is in 80% of the 140K arXiv abstracts). Its bm25 gives a term that
+    more than half of the papers match an idf of 1e-6 (log((N - n + 0.5) / (n + 0.5)) is negative
+    there and FTS5 clamps it), so such a term cannot change the order of the papers that match
+    another term: it is left out of the ranking query while another term remains. Only when fewer
+    than k papers match the rest does the full query run, for the papers that match only those terms.
+    """
+    terms = fts_terms(query)
+    if not terms:
+        return []
+    papers, counts = corpus.match_counts(terms)
+    kept = [term for term, n in zip(terms, counts) if 2 * n <= papers]
+    if kept and len(kept) < len(terms):
+        hits = _ranked(corpus, " OR ".join(kept), k)
+        if len(hits) >= k:
+            return hits
+    return _ranked(corpus, " OR ".join(terms), k)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -91,12 +120,35 @@ def rrf(lists: dict[str, list[tuple[int, float]]], k: int) -> list[tuple[int, fl
     return [(pk, fused[pk], ranks[pk]) for pk in order]
 
 
+_bm25_worker: ThreadPoolExecutor | None = None
+
+
+def bm25_in_background(corpus: Corpus, query: str, k: int):
+    """A future of bm25(corpus, query, k), run on the one bm25 worker thread of this process."""
+    global _bm25_worker
+    if _bm25_worker is None:
+        _bm25_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-bm25")
+    return _bm25_worker.submit(bm25, corpus, query, k)
+
+
+def hybrid(corpus: Corpus, query: str, k: int) -> list[tuple[int, float, dict[str, int]]]:
+    """RRF of bm25 and dense, each FUSION_DEPTH (or 2k) deep; bm25 runs beside the dense half."""
+    depth = max(FUSION_DEPTH, 2 * k)
+    corpus.vectors()  # loads or refreshes the cache here, before the worker can hold the corpus lock
+    lexical = bm25_in_background(corpus, query, depth)
+    try:
+        semantic = dense(corpus, query, depth)
+    finally:
+        lexical_hits = lexical.result()  # never leave the worker querying a corpus the caller may close
+    return rrf({"bm25": lexical_hits, "dense": semantic}, k)
+
+
 def search(corpus: Corpus, query: str, k: int = 10, mode: str = "hybrid") -> list:
     if mode not in MODES:
         raise MiniCPMError(f"unknown search mode '{mode}'; choose one of {', '.join(MODES)}")
     if k < 1:
         raise MiniCPMError(f"k must be at least 1 (got {k})")
-    if mode != "bm25" and corpus.vector_count() == 0:
+    if mode != "bm25" and not corpus.has_vectors():
         if len(corpus) == 0:
             return []
         if mode == "dense":
@@ -105,8 +157,7 @@ def search(corpus: Corpus, query: str, k: int = 10, mode: str = "hybrid") -> lis
         notify_once(f"the corpus at {corpus.path} has no vectors yet; hybrid search ran as bm25 only")
         mode = "bm25"
     if mode == "hybrid":
-        depth = max(FUSION_DEPTH, 2 * k)
-        hits = rrf({"bm25": bm25(corpus, query, depth), "dense": dense(corpus, query, depth)}, k)
+        hits = hybrid(corpus, query, k)
         papers = corpus.papers_by_pk(pk for pk, _, _ in hits)
         return [replace(papers[pk], score=score, ranks=r) for pk, score, r in hits if pk in papers]
     hits = bm25(corpus, query, k) if mode == "bm25" else dense(corpus, query, k)

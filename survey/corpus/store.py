@@ -176,6 +176,7 @@ class Corpus:
         self.db = db
         self.lock = threading.RLock()
         self._vectors: tuple[str, np.ndarray, np.ndarray] | None = None  # (generation, pks, matrix)
+        self._match_counts: tuple[tuple[int, int], dict[str | None, int]] = ((-1, -1), {})  # (db version, counts)
         self._embedder = None
 
     @classmethod
@@ -244,6 +245,27 @@ class Corpus:
                 for row in self.db.execute(f"SELECT {PAPER_COLUMNS}, pk FROM papers WHERE pk IN ({marks})", chunk):
                     out[row[9]] = paper_from_row(row)
         return out
+
+    def match_counts(self, terms: Sequence[str]) -> tuple[int, list[int]]:
+        """(papers in the corpus, papers each FTS5 query term matches): the N and n of bm25's idf.
+        Cached until the database changes (this connection's writes, or another process's commits)."""
+        with self.lock:
+            version = (self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes)
+            if self._match_counts[0] != version:
+                self._match_counts = (version, {})
+            counts = self._match_counts[1]
+            if None not in counts:
+                counts[None] = self.db.execute("SELECT count(*) FROM papers").fetchone()[0]
+            for term in terms:
+                if term not in counts:
+                    counts[term] = self.db.execute("SELECT count(*) FROM papers_fts WHERE papers_fts MATCH ?",
+                                                   (term,)).fetchone()[0]
+            return counts[None], [counts[term] for term in terms]
+
+    def has_vectors(self) -> bool:
+        """Whether any paper has a vector: one row looked up (vector_count reads the whole table)."""
+        with self.lock:
+            return self.db.execute("SELECT EXISTS (SELECT 1 FROM vectors)").fetchone()[0] == 1
 
     def vector_count(self) -> int:
         with self.lock:
