@@ -147,8 +147,11 @@ async def test_context_warning_and_a_conversation_that_no_longer_fits(tmp_path):
 
 
 async def test_keymap_from_the_settings_file_rebinds_new_chat(tmp_path):
-    app, store = make_app(tmp_path, ScriptedBackend("hello"), config={"keymap": {"new_chat": "f5"}})
+    keymap = {"new_chat": "f5", "newline": "ctrl+j", "survey_resume": "f6"}
+    app, store = make_app(tmp_path, ScriptedBackend("hello"), config={"keymap": keymap})
     async with app.run_test(size=(120, 40)) as pilot:
+        prompt = app.screen.query_one("#prompt")
+        assert prompt.placeholder == "Message (Enter sends, Ctrl+J new line)"  # names the keys that work
         await send(pilot, "hi")
         assert len(views(app, "user")) == 1
         await pilot.press("f5")
@@ -240,3 +243,83 @@ async def test_tools_screen_lists_the_servers_and_their_tools(tmp_path):
         assert "notes" in listing and "on in this chat" in listing
         assert "add_note (asks first)" in listing and "search_notes (read-only)" in listing
         assert "delete_note (destructive, asks first)" in listing
+
+
+async def test_copy_the_answer_a_message_and_each_code_block(tmp_path):
+    answer = "Two ways:\n\n```python\nfirst()\n```\n\nor\n\n```sh\nsecond --now\n```"
+    app, store = make_app(tmp_path, ScriptedBackend(answer))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "how?")
+        prompt = app.screen.query_one("#prompt")
+        prompt.text = "draft"
+        await pilot.press("ctrl+y")  # the footer's "Copy answer", while the message box has focus
+        await pilot.pause()
+        assert app.clipboard == answer and prompt.text == "draft"  # not the TextArea's redo
+        reply = views(app, "assistant")[-1]
+        reply.focus()
+        await pilot.pause()
+        await pilot.press("b")
+        assert app.clipboard == "second --now"  # the last block first
+        await pilot.press("b")
+        assert app.clipboard == "first()"  # then the one before it
+        await pilot.press("c")
+        assert app.clipboard == answer
+        views(app, "user")[-1].focus()
+        await pilot.press("c")
+        assert app.clipboard == "how?"
+
+
+async def test_shift_enter_and_ctrl_j_start_a_new_line_enter_sends(tmp_path):
+    backend = ScriptedBackend("fine")
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompt = app.screen.query_one("#prompt")
+        prompt.focus()
+        await pilot.press("o", "n", "e", "shift+enter", "t", "w", "o", "ctrl+j", "x")
+        assert prompt.text == "one\ntwo\nx" and backend.requests == []
+        await pilot.press("enter")
+        await settle(pilot)
+        assert backend.requests[0][-1] == {"role": "user", "content": "one\ntwo\nx"}
+
+
+async def test_the_usage_line_follows_a_reply_while_it_streams(tmp_path):
+    backend = ScriptedBackend("one two three four five", hold_after=3)
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompt = app.screen.query_one("#prompt")
+        prompt.text = "count"
+        await pilot.press("enter")
+        assert backend.holding.wait(10)
+        await pilot.pause()
+        live = str(app.screen.query_one("#usage").render())
+        assert "writing:" in live and "/ 4,096 tokens" in live  # before the reply has ended
+        backend.release.set()
+        await settle(pilot)
+        done = str(app.screen.query_one("#usage").render())
+        assert "writing" not in done and "last reply 5 tokens" in done
+
+
+async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_path):
+    loads = []
+    backend = ScriptedBackend("from the preset")
+    config = {"models": [{"name": "embedded", "model": "default"},
+                         {"name": "long context", "model": "long.gguf", "backend": "gguf", "context_length": 2048,
+                          "temperature": 1.5}]}
+    app, store = make_app(tmp_path, backend, config=config)
+    app.host._load_backend = lambda name, model, **kw: loads.append((name, model, kw["context_length"])) or backend
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        app.screen.query_one("#temperature").value = "0.3"
+        app.screen.query_one("#preset").value = 1
+        await pilot.pause()
+        assert app.screen.query_one("#model").value == "long.gguf"
+        assert app.screen.query_one("#context_length").value == "2048"
+        assert app.screen.query_one("#temperature").value == "0.3"  # sampling stays the chat's
+        app.screen.query_one("#save").press()
+        await settle(pilot)
+        await send(pilot, "hi")
+    assert ("gguf", "long.gguf", 2048) in loads
+    chat = store.list()[0]
+    options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
+    assert (options.model, options.backend, options.context_length, options.temperature) == ("long.gguf", "gguf", 2048, 0.3)

@@ -85,12 +85,16 @@ def test_stream_reply_cancels_and_reports_backend_errors():
 
 def test_context_usage_warns_before_the_context_is_full():
     backend = ScriptedBackend(context_length=10)
-    usage = context_usage(backend, [{"role": "user", "content": "a b c"}], ChatOptions())
+    short = ChatOptions(max_tokens=2)
+    usage = context_usage(backend, [{"role": "user", "content": "a b c"}], short)
     assert usage.tokens == 3 and usage.warning is None
-    usage = context_usage(backend, [{"role": "user", "content": "a b c d e f g h i"}], ChatOptions())
-    assert "90% full" in usage.warning
-    usage = context_usage(backend, [{"role": "user", "content": " ".join("x" * 12)}], ChatOptions())
+    usage = context_usage(backend, [{"role": "user", "content": "a b c d e f g h i"}], short)
+    assert "90% full" in usage.warning and "room for 1 tokens" in usage.warning
+    usage = context_usage(backend, [{"role": "user", "content": " ".join("x" * 12)}], short)
     assert "no longer fits" in usage.warning
+    # Below the 80% mark, but the reply's budget (max_tokens) would run past the end of the context.
+    usage = context_usage(backend, [{"role": "user", "content": "a b c"}], ChatOptions(max_tokens=8))
+    assert "room for 7 tokens of the 8 it may take" in usage.warning
 
 
 def test_model_host_keeps_one_model_and_reloads_on_change():
@@ -106,6 +110,46 @@ def test_model_host_keeps_one_model_and_reloads_on_change():
     assert host.loaded(ChatOptions(model="other.gguf")) is None
     host.get(ChatOptions(model="other.gguf"))
     assert loads == [("auto", "default"), ("auto", "other.gguf")]
+
+
+def test_model_host_never_closes_a_backend_under_a_worker_that_generates():
+    closed = []
+
+    class Closing(ScriptedBackend):
+        def close(self):
+            closed.append(self.model)
+
+    def loader(name, model, **kwargs):
+        backend = Closing()
+        backend.model = model
+        return backend
+
+    host = ModelHost(loader=loader)
+    generating, finish = threading.Event(), threading.Event()
+
+    def reply():  # a reply worker: generates with the chat's model inside busy()
+        with host.busy():
+            host.get(ChatOptions())
+            generating.set()
+            finish.wait(10)
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    assert generating.wait(10)
+    switched = []
+    switch = threading.Thread(target=lambda: switched.append(host.get(ChatOptions(model="other.gguf"))))
+    switch.start()  # the settings screen asked for another model: it waits for the reply
+    switch.join(0.3)
+    assert switch.is_alive() and closed == [] and host.loaded(ChatOptions()) is not None
+    # A second worker that generates and wants another model is refused, not left waiting forever.
+    with host.busy(), pytest.raises(MiniCPMError, match="still generating"):
+        host.get(ChatOptions(model="third.gguf"))
+    finish.set()
+    worker.join(10)
+    switch.join(10)
+    assert closed == ["default"] and switched[0].model == "other.gguf"
+    assert host.loaded(ChatOptions(model="other.gguf")) is switched[0]
+    assert host.close(timeout=1) and closed == ["default", "other.gguf"]
 
 
 def test_settings_file_errors_name_the_field(tmp_path):

@@ -43,6 +43,8 @@ KEYMAP_IDS = {
     "toggle_sidebar": "ctrl+b",
     "copy_last": "ctrl+y",
     "quit": "ctrl+q",
+    "survey_back": "escape",  # on the survey screen
+    "survey_resume": "ctrl+r",  # on the survey screen
 }
 EMBEDDED = {"name": "embedded SmolLM2-135M", "model": "default", "backend": "auto"}
 

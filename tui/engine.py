@@ -93,59 +93,84 @@ class ChatOptions:
 
 class ModelHost:
     """Holds one loaded backend. Loading another closes the first, so switching chats between two
-    models never keeps both in memory. Thread-safe: workers load and generate, the UI asks what is loaded."""
+    models never keeps both in memory. Thread-safe: workers load and generate, the UI asks what is loaded.
+
+    A backend is never closed under a worker that generates with it (closing llama.cpp's context
+    under a decoding thread crashes the process): workers generate inside busy(), and a switch to
+    another model waits until no other worker is busy. A worker that is itself busy and asks for
+    another model while a second one still generates is refused instead (two such workers would
+    wait for each other forever)."""
 
     def __init__(self, loader=None):
         from runtime.backends.base import load_backend
 
         self._load_backend = loader or load_backend
-        self._lock = threading.Lock()
+        self._state = threading.Condition()  # guards everything below
         self._key: tuple | None = None
         self.backend = None
-        self._users = 0  # workers generating now: the backend is not closed under them
-        self._idle = threading.Condition()
+        self._users = 0  # workers inside busy() now
+        self._loading = False  # a worker is closing the old backend and loading the new one
+        self._local = threading.local()  # .depth: how many busy() blocks this thread is in
 
     @contextmanager
     def busy(self):
-        """Held by a worker while it generates: close() waits for it (closing llama.cpp's context
-        under a thread that is decoding would crash the process)."""
-        with self._idle:
+        """Held by a worker while it generates: neither a switch to another model nor close() runs under it."""
+        with self._state:
             self._users += 1
+        self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
         finally:
-            with self._idle:
+            self._local.depth -= 1
+            with self._state:
                 self._users -= 1
-                self._idle.notify_all()
+                self._state.notify_all()
 
     def get(self, options: ChatOptions):
-        with self._lock:
-            if self.backend is not None and self._key == options.load_key():
-                return self.backend
-            self._close()
-            self.backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
-                                              sparse=options.sparse, base_url=options.base_url)
-            self._key = options.load_key()
-            return self.backend
+        """The backend for these options, loading it (and closing the one loaded) if needed."""
+        key = options.load_key()
+        mine = getattr(self._local, "depth", 0)
+        with self._state:
+            while True:
+                if self.backend is not None and self._key == key and not self._loading:
+                    return self.backend
+                if not self._loading and self._users <= mine:
+                    break
+                if mine and not self._loading:
+                    raise MiniCPMError(f"another task (a reply or a survey) is still generating with "
+                                       f"{self._key[0] if self._key else 'the loaded model'}; "
+                                       f"{options.model} can load when it finishes")
+                self._state.wait()
+            self._loading = True
+            old, self.backend, self._key = self.backend, None, None
+        backend = None
+        try:
+            if old is not None and hasattr(old, "close"):
+                old.close()
+            backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
+                                         sparse=options.sparse, base_url=options.base_url)
+            return backend
+        finally:
+            with self._state:
+                self._loading = False
+                if backend is not None:
+                    self.backend, self._key = backend, key
+                self._state.notify_all()
 
     def loaded(self, options: ChatOptions):
         """The backend if these options' model is the one loaded, else None (never loads)."""
         return self.backend if self._key == options.load_key() else None
 
     def close(self, timeout: float | None = None) -> bool:
-        """Close the backend once no worker generates (at most `timeout` seconds of waiting; False
-        when it is still in use then, and left open: the process exits without closing it)."""
-        with self._idle:
-            if not self._idle.wait_for(lambda: self._users == 0, timeout):
+        """Close the backend once no worker generates or loads (at most `timeout` seconds of waiting;
+        False when it is still in use then, and left open: the process exits without closing it)."""
+        with self._state:
+            if not self._state.wait_for(lambda: self._users == 0 and not self._loading, timeout):
                 return False
-        with self._lock:
-            self._close()
+            if self.backend is not None and hasattr(self.backend, "close"):
+                self.backend.close()
+            self.backend, self._key = None, None
         return True
-
-    def _close(self) -> None:
-        if self.backend is not None and hasattr(self.backend, "close"):
-            self.backend.close()
-        self.backend, self._key = None, None
 
 
 def describe_backend(backend) -> dict[str, str]:
@@ -196,6 +221,7 @@ def chat_messages(system_prompt: str, messages: list) -> list[dict[str, Any]]:
 class ContextUsage:
     tokens: int | None  # the prompt the next request sends (None: the backend cannot count, e.g. a server)
     limit: int
+    reply_budget: int = 0  # the chat's max_tokens: what the reply may add to the prompt
 
     @property
     def fraction(self) -> float:
@@ -208,9 +234,11 @@ class ContextUsage:
         if self.tokens >= self.limit:
             return (f"the conversation ({self.tokens:,} tokens) no longer fits the {self.limit:,}-token context: "
                     "start a new chat, delete earlier messages, or load the model with a larger context")
-        if self.fraction >= CONTEXT_WARNING:
+        room = self.limit - self.tokens
+        if self.fraction >= CONTEXT_WARNING or room < self.reply_budget:
+            cut = f" of the {self.reply_budget:,} it may take" if room < self.reply_budget else ""
             return (f"the context is {self.fraction:.0%} full ({self.tokens:,} of {self.limit:,} tokens): "
-                    "a long reply may be cut off; a new chat starts fresh")
+                    f"the reply has room for {room:,} tokens{cut}; a new chat starts fresh")
         return None
 
 
@@ -221,13 +249,15 @@ def context_usage(backend, messages: list[dict[str, Any]], options: ChatOptions)
         tokens = len(backend.tokenize(text, add_bos=False))
     except MiniCPMError:  # a remote server renders its own template; it reports usage after the reply
         tokens = None
-    return ContextUsage(tokens, backend.context_length)
+    return ContextUsage(tokens, backend.context_length, options.max_tokens)
 
 
 @dataclass(frozen=True)
 class ReplyDelta:
     text: str
     thought: bool = False  # inside <think>…</think> (or MiniCPM's <|thought_start|>…)
+    prompt_tokens: int = 0  # the request's prompt, and the reply's tokens so far: the live usage line
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,7 +297,7 @@ def stream_reply(backend, messages: list[dict[str, Any]], options: ChatOptions,
     def feed(text: str) -> Iterator[ReplyDelta]:
         for delta in splitter.feed(text):
             (thinking if delta.thought else answer).append(delta.text)
-            yield ReplyDelta(delta.text, delta.thought)
+            yield ReplyDelta(delta.text, delta.thought, last.prompt_tokens, last.completion_tokens)
 
     events = None
     try:
@@ -285,7 +315,7 @@ def stream_reply(backend, messages: list[dict[str, Any]], options: ChatOptions,
                 tail, splitter.pending = splitter.pending, ""  # a marker's first characters held back at the end
                 if tail:
                     (thinking if splitter.inside else answer).append(tail)
-                    yield ReplyDelta(tail, splitter.inside is not None)
+                    yield ReplyDelta(tail, splitter.inside is not None, event.prompt_tokens, event.completion_tokens)
                 yield done("complete", event.finish_reason)
                 return
         yield done("cancelled" if cancel is not None and cancel.is_set() else "complete", None)

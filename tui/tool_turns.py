@@ -144,10 +144,11 @@ class ToolTurn:
         from agents.tool_agent import build_tool_agent
         from agents.tool_agent.prompts import SYSTEM_PROMPT
 
-        model = ChatMiniCPM(backend=backend, temperature=options.temperature, top_p=options.top_p,
-                            max_tokens=options.max_tokens, seed=options.seed, template_kwargs=options.template_kwargs())
+        self.model = ChatMiniCPM(backend=backend, temperature=options.temperature, top_p=options.top_p,
+                                 max_tokens=options.max_tokens, seed=options.seed,
+                                 template_kwargs=options.template_kwargs())
         prompt = f"{system_prompt.strip()}\n\n{SYSTEM_PROMPT}" if system_prompt.strip() else SYSTEM_PROMPT
-        self.agent = build_tool_agent(model, tools, approve="ask", checkpointer=InMemorySaver(), system_prompt=prompt)
+        self.agent = build_tool_agent(self.model, tools, approve="ask", checkpointer=InMemorySaver(), system_prompt=prompt)
         self.session_id = uuid.uuid4().hex[:12]
         self.history = to_langchain([m for m in history if m["role"] != "system"])
         self.task = task
@@ -156,7 +157,11 @@ class ToolTurn:
     def start(self) -> Iterator[AgentEvent]:
         return run(self.agent, self.session_id, task=self.task, history=self.history)
 
-    def resume(self, decisions: dict[str, str]) -> Iterator[AgentEvent]:
+    def resume(self, decisions: dict[str, str], backend=None) -> Iterator[AgentEvent]:
+        """Go on after the approval. backend: the model loaded now, when the user switched models
+        while the calls waited (the one the turn started with is closed by then)."""
+        if backend is not None:
+            self.model.backend = backend
         return run(self.agent, self.session_id, resume=decisions)
 
     def new_messages(self) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ Esc cancels a reply; what was written so far is kept, marked cancelled, and not 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from textual import work
@@ -23,11 +24,12 @@ from tui.engine import (ChatOptions, ReplyDelta, ReplyDone, ReplyProgress, chat_
 from tui.screens.dialogs import AskChoice, AskText
 from tui.widgets.history import HistoryList
 from tui.widgets.messages import MessageView, code_blocks
-from tui.widgets.prompt import PromptInput
+from tui.widgets.prompt import PromptInput, placeholder
 from tui.widgets.status import ChatHeader, UsageBar
 from tui.widgets.tool_card import ToolCard
 
 THINKING_NEXT = {"auto": "on", "on": "off", "off": "auto"}
+USAGE_EVERY_S = 0.25  # the usage line while a reply streams: often enough to follow, rarely enough to cost nothing
 
 
 def title_of(text: str, limit: int = 60) -> str:
@@ -54,7 +56,7 @@ class ChatScreen(Screen):
         Binding("ctrl+s", "survey", "Survey", id="survey"),
         Binding("ctrl+t", "toggle_thinking", "Thinking", id="toggle_thinking"),
         Binding("ctrl+b", "toggle_sidebar", "History", id="toggle_sidebar"),
-        Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last"),
+        Binding("ctrl+y", "copy_last", "Copy answer", id="copy_last", priority=True),  # over TextArea's redo
     ]
 
     def __init__(self, store, config, host, mcp, *, open_chat: str | None = None, preload: bool = True,
@@ -87,7 +89,7 @@ class ChatScreen(Screen):
                 yield ChatHeader(id="header")
                 yield VerticalScroll(id="messages")
                 yield PromptInput(id="prompt", send_keys=keys["send"], newline_keys=keys["newline"],
-                                  placeholder="Message (Enter sends, Shift+Enter or Ctrl+J new line)")
+                                  placeholder=placeholder(keys["send"], keys["newline"]))
                 yield UsageBar(" ", id="usage")
         yield Footer()
 
@@ -415,9 +417,14 @@ class ChatScreen(Screen):
         if self.options.tools:
             self.tool_reply(conversation_id, backend, messages, text, view)
             return
+        shown = 0.0  # when the usage line last changed: it follows the reply a few times a second
         for event in stream_reply(backend, messages, self.options, self.cancel_event):
             if isinstance(event, ReplyDelta):
                 call(view.add_delta, event.text, event.thought)
+                if event.completion_tokens and time.monotonic() - shown >= USAGE_EVERY_S:
+                    shown = time.monotonic()
+                    call(self.usage, event.prompt_tokens + event.completion_tokens, None,
+                         f"writing: {event.completion_tokens:,} tokens")
             elif isinstance(event, ReplyProgress):
                 call(view.set_footer, f"reading the prompt: {event.processed:,} / {event.total:,} tokens")
             elif isinstance(event, ReplyDone):
@@ -496,6 +503,12 @@ class ChatScreen(Screen):
         if view is not None:
             content = answer.text if answer is not None else view.text
             call(self.finish_view, view, ReplyDone(content, view.thinking, status, None))
+        # The turn's calls, results and answer are context now: count them for the usage line.
+        backend = self.host.loaded(self.options)
+        if backend is not None:
+            usage = context_usage(backend, chat_messages(self.system_prompt, self.store.messages(conversation_id)),
+                                  self.options)
+            call(self.usage, usage.tokens)
 
     def persist_turn(self, conversation_id: str, turn) -> None:
         """Copy the turn's new messages (calls, results, the answer) into the chat store. A reply cut off
@@ -503,9 +516,9 @@ class ChatScreen(Screen):
         for form in turn.new_messages():
             self.store.add_message(conversation_id, **form)
 
-    def new_assistant_view(self) -> MessageView:
+    async def new_assistant_view(self) -> MessageView:
         view = MessageView("assistant", label=self.assistant_label())
-        self.messages_box.mount(view)
+        await self.messages_box.mount(view)  # mounted before the worker's next call looks inside it
         self.messages_box.scroll_end(animate=False)
         return view
 
@@ -516,8 +529,8 @@ class ChatScreen(Screen):
         else:
             await view.remove()
 
-    def add_card(self, card: ToolCard) -> None:
-        self.messages_box.mount(card)
+    async def add_card(self, card: ToolCard) -> None:
+        await self.messages_box.mount(card)
         self.messages_box.scroll_end(animate=False)
 
     def card_result(self, event) -> None:
@@ -551,7 +564,8 @@ class ChatScreen(Screen):
     def resume_turn(self, conversation_id: str, turn, decisions: dict[str, str]) -> None:
         try:
             with self.host.busy():
-                self.drive_turn(conversation_id, turn, turn.resume(decisions), None)
+                backend = self.host.get(self.options)  # the model may have been switched during the approval
+                self.drive_turn(conversation_id, turn, turn.resume(decisions, backend), None)
         except MiniCPMError as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error")
         finally:

@@ -83,6 +83,8 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         self.query_one("#backend", Select).value = preset.backend
         self.query_one("#base_url", Input).value = preset.base_url or ""
         self.query_one("#sparse", Select).value = preset.sparse
+        # The preset's context is part of how its model loads; sampling stays the chat's own.
+        self.query_one("#context_length", Input).value = "" if preset.context_length is None else str(preset.context_length)
 
     def read(self) -> ChatOptions:
         value = lambda wid: self.query_one(f"#{wid}", Input).value  # noqa: E731

@@ -23,7 +23,8 @@ def code_blocks(markdown: str) -> list[str]:
 
 
 class MessageView(Vertical, can_focus=True):
-    """A user or assistant message. Focused: `c` copies its Markdown, `b` its last code block."""
+    """A user or assistant message. Focused: `c` copies its Markdown, `b` a code block: the last one
+    first, then, pressed again, the one before it, round to the last again."""
 
     BINDINGS = [Binding("c", "copy", "Copy message"), Binding("b", "copy_code", "Copy code block")]
 
@@ -38,6 +39,7 @@ class MessageView(Vertical, can_focus=True):
         self.status = status
         self._stream = None
         self._thought_stream = None
+        self._code_copies = 0  # `b` presses since focus came here: which block the next one copies
 
     def compose(self) -> ComposeResult:
         yield Static(self.label, classes="role")
@@ -96,10 +98,16 @@ class MessageView(Vertical, can_focus=True):
         self.app.copy_to_clipboard(self.text)
         self.notify("message copied", timeout=2)
 
+    def on_focus(self) -> None:
+        self._code_copies = 0
+
     def action_copy_code(self) -> None:
         blocks = code_blocks(self.text)
         if not blocks:
             self.notify("this message has no code block", severity="warning", timeout=3)
             return
-        self.app.copy_to_clipboard(blocks[-1])
-        self.notify("code block copied", timeout=2)
+        index = len(blocks) - 1 - self._code_copies % len(blocks)
+        self._code_copies += 1
+        self.app.copy_to_clipboard(blocks[index])
+        more = f" (b again: block {index if index else len(blocks)})" if len(blocks) > 1 else ""
+        self.notify(f"code block {index + 1} of {len(blocks)} copied{more}", timeout=3)

@@ -16,6 +16,16 @@ def key_set(keys: str) -> set[str]:
     return {k.strip() for k in keys.split(",") if k.strip()}
 
 
+def key_names(keys: str) -> str:
+    """Keys in Textual's notation as a person reads them: "shift+enter,ctrl+j" -> "Shift+Enter or Ctrl+J"."""
+    return " or ".join("+".join(part.capitalize() for part in k.strip().split("+")) for k in keys.split(",") if k.strip())
+
+
+def placeholder(send_keys: str, newline_keys: str) -> str:
+    """The empty message box's hint, naming the keys the keymap gives send and newline."""
+    return f"Message ({key_names(send_keys)} sends, {key_names(newline_keys)} new line)"
+
+
 class PromptInput(TextArea):
     class Submitted(Message):
         def __init__(self, prompt: PromptInput, text: str):
