@@ -99,6 +99,11 @@ QUERIES = [
 ]
 
 
+def own_arguments(argv: list[str]) -> list[str]:
+    """This benchmark's arguments, whether it ran as `minicpm bench corpus_scale ...` or as a module."""
+    return argv[2:] if argv[:2] == ["bench", "corpus_scale"] else argv
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="FILE",
                         help=f"papers to ingest, JSON lines, gzipped or not ({DEFAULT_DATA})")
@@ -514,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {
         "benchmark": "corpus_scale",
-        "command": "minicpm bench corpus_scale " + shlex.join(sys.argv[1:]) if sys.argv else "",
+        "command": "minicpm bench corpus_scale " + shlex.join(own_arguments(sys.argv[1:])),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "machine": {**machine(), "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
