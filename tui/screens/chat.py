@@ -375,7 +375,19 @@ class ChatScreen(Screen):
                 self.notify(notice, timeout=8)
         self.refresh_header()
         if not self.generating:
-            self.usage(None)
+            self.count_context()
+
+    @work(thread=True, exclusive=True, group="usage")
+    def count_context(self) -> None:
+        """The usage line for the open chat as it stands: what its next request would send."""
+        with self.host.busy():  # the tokenizer is the backend's: it is not closed under this count
+            backend, conversation = self.host.loaded(self.options), self.conversation
+            if backend is None or conversation is None:
+                tokens = None
+            else:
+                messages = chat_messages(self.system_prompt, self.store.messages(conversation.id))
+                tokens = context_usage(backend, messages, self.options).tokens
+        self.app.call_from_thread(self.usage, tokens)
 
     @work(thread=True, group="mcp")
     def start_mcp(self) -> None:

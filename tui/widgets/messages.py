@@ -47,7 +47,9 @@ class MessageView(Vertical, can_focus=True):
             yield Markdown(self.thinking, classes="thinking-text")
         thoughts.display = bool(self.thinking)
         yield Markdown(self.text, classes="body")
-        yield Static(self.footer_text, classes="meta")
+        meta = Static(self.footer_text, classes="meta")
+        meta.display = bool(self.footer_text)  # a user message has none: no empty line under it
+        yield meta
 
     @property
     def body(self) -> Markdown:
@@ -90,7 +92,9 @@ class MessageView(Vertical, can_focus=True):
 
     def set_footer(self, text: str) -> None:
         self.footer_text = text
-        self.query_one(".meta", Static).update(text)
+        meta = self.query_one(".meta", Static)
+        meta.update(text)
+        meta.display = bool(text)
 
     # -- copying ---------------------------------------------------------------------------------
 
