@@ -5,7 +5,8 @@
 The script seeds a throwaway MINICPM_HOME with a chat (a question, an answer with reasoning and a
 code block, a tool call and its result, the answer after it), starts `minicpm chat --open ID` under
 tmux at 110x34 and drives it with keys as a person would: the chat screen, a live reply from the
-embedded model, the settings, the command palette and the survey screen. Before each capture it
+embedded model, the settings, the command palette and a survey being written (on a 400-paper corpus
+it builds from the shipped sample; Esc stops that run after the capture). Before each capture it
 waits until everything that screen should show is there; a check that never passes stops the run
 with the missing items and the last screen. Exit status 0 only if every check passed.
 
@@ -16,6 +17,7 @@ terminal: the app's own start-up, key decoding, colours and a model that really 
 from __future__ import annotations
 
 import io
+import re
 import sys
 import tempfile
 import time
@@ -31,6 +33,8 @@ from benchmarks.tmux import TmuxSession, TmuxTimeout, tmux_available
 WIDTH, HEIGHT = 110, 34
 OUT = Path(__file__).parent / "screenshots"
 TITLE = "Reading a large CSV in chunks"
+SURVEY_QUERY = "large language model agents"
+SURVEY_PAPERS = 400  # the first papers of the shipped sample: the survey screen's corpus, built in seconds
 LIVE_QUESTION = "In one sentence, what is a CSV file?"
 Check = Callable[[str], bool]
 
@@ -77,6 +81,21 @@ def seed_chats(home: Path) -> str:
             usage={"prompt_tokens": 231, "completion_tokens": 64, "decode_tokens_per_second": 49.8,
                    "context_length": 8192})
         return chat.id
+
+
+def build_corpus(folder: Path) -> Path:
+    """A small paper corpus for the survey screen: the first SURVEY_PAPERS papers of the shipped sample."""
+    import gzip
+    import itertools
+
+    from survey.corpus import Corpus, shipped_sample
+
+    source = folder.parent / "papers.jsonl"
+    with gzip.open(shipped_sample(), "rt", encoding="utf-8") as f:
+        source.write_text("".join(itertools.islice(f, SURVEY_PAPERS)), encoding="utf-8")
+    with Corpus.open(folder, create=True) as corpus:
+        corpus.ingest([source])
+    return folder
 
 
 # -- checking and capturing -----------------------------------------------------------------------
@@ -184,14 +203,19 @@ def take_screenshots(term: TmuxSession) -> list[Shot]:
     back_to_chat(term)
 
     term.send_keys("C-s")
-    shots.append(shoot(term, "survey", "minicpm chat: the survey screen (Ctrl+S)", {
-        "the topic box": "What should the survey be about?",
-        "the status line": "Type a topic and press Start",
-        "the outline": "Outline",
-        "the earlier runs": "Earlier runs",
-        "the survey screen's keys in the footer": "Resume / open run",
-    }, timeout=15))
-    back_to_chat(term)
+    expect(term, {"the survey screen": "What should the survey be about?",
+                  "the survey screen's keys in the footer": "Resume / open run"}, 15)
+    term.type(SURVEY_QUERY)
+    term.send_keys("Enter")
+    shots.append(shoot(term, "survey", "minicpm chat: a survey being written (Ctrl+S)", {
+        "the query as the outline's title": SURVEY_QUERY,
+        "parts already written (✓)": "✓ ",
+        "the part being written now (▶)": lambda s: s.count("▶ ") >= 1 and "no outline yet" not in s,
+        "what the agent is doing and the papers count": lambda s: "now: " in s and " papers" in s,
+        "papers retrieved, with their arXiv ids": lambda s: len(re.findall(r"\b2[0-9]{3}\.[0-9]{4,5}\b", s)) >= 3,
+        "the run listed with the earlier runs": lambda s: re.search(r"[0-9a-f]{12}  large language model agents", s),
+    }, timeout=300))
+    back_to_chat(term)  # Esc stops the run after its current step; it stays resumable
     return shots
 
 
@@ -206,7 +230,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="minicpm-screenshots-") as tmp:
         home = Path(tmp)
         chat_id = seed_chats(home)
-        command = [sys.executable, "-m", "minicpm_suite", "chat", "--open", chat_id, "--config", str(home / "tui.json")]
+        corpus = build_corpus(home / "corpus")
+        command = [sys.executable, "-m", "minicpm_suite", "chat", "--open", chat_id, "--config", str(home / "tui.json"),
+                   "--corpus", str(corpus)]
         env = {"MINICPM_HOME": str(home), "MINICPM_MCP_CONFIG": None, "MINICPM_TUI_CONFIG": None,
                "COLORTERM": "truecolor"}
         with TmuxSession(command, width=WIDTH, height=HEIGHT, env=env, cwd=home) as term:

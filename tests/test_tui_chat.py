@@ -323,3 +323,23 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
     chat = store.list()[0]
     options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
     assert (options.model, options.backend, options.context_length, options.temperature) == ("long.gguf", "gguf", 2048, 0.3)
+
+
+async def test_export_from_the_history_writes_markdown_and_json(tmp_path):
+    app, store = make_app(tmp_path, ScriptedBackend("**Paris**, on the Seine."))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send(pilot, "Capital of France?")
+        chat_id = store.list()[0].id
+        for choice, suffix in (("markdown", "md"), ("json", "json")):
+            app.screen.query_one("#history").focus()
+            await pilot.press("e")
+            await pilot.pause()
+            await pilot.click(f"#{choice}")
+            await pilot.pause()
+            path = tmp_path / f"chat-{chat_id}.{suffix}"  # the tests run in tmp_path
+            assert path.is_file(), choice
+            assert any(str(path) in n.message for n in app._notifications)
+    markdown = (tmp_path / f"chat-{chat_id}.md").read_text()
+    assert "Capital of France?" in markdown and "**Paris**, on the Seine." in markdown
+    exported = json.loads((tmp_path / f"chat-{chat_id}.json").read_text())
+    assert [m["content"] for m in exported["messages"]] == ["Capital of France?", "**Paris**, on the Seine."]
