@@ -46,8 +46,13 @@ def choose_dtype(name: str, config: ModelConfig) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
-    """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime."""
+def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none") -> LoadedModel:
+    """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime; quant: none | int8 |
+    int4 quantizes the linear layers' weights once they are loaded (runtime/quantize.py)."""
+    from runtime.quantize import QUANT_MODES, QuantizationError
+
+    if quant not in QUANT_MODES:
+        raise QuantizationError(f"unknown quantization '{quant}' (choose {', '.join(QUANT_MODES)})")
     from runtime.checkpoint import (
         build_model,
         load_hf_config,
@@ -78,4 +83,8 @@ def load_torch_model(ref: str | None, dtype: str = "auto") -> LoadedModel:
         torch_dtype = choose_dtype(dtype, config)
         model = build_model(config, read_safetensors(safetensors_files(source.path)), torch_dtype)
     details.append(f"torch runtime in {str(model.dtype).removeprefix('torch.')}")
+    if quant != "none":
+        from runtime.quantize import describe, quantize_model
+
+        details.append(describe(quantize_model(model, quant)))
     return LoadedModel(model, tokenizer, source, notices, details)

@@ -4,7 +4,8 @@
 - an HF checkpoint folder or hub id: `torch` (llama.cpp needs a GGUF; `minicpm convert` makes one);
 - a .gguf file: `gguf`, since llama.cpp runs its quantized weights directly, where the torch
   runtime would dequantize them; unless --sparse on asks for InfLLM v2 sparse attention, which
-  llama.cpp lacks. (GGUF files carry no sparse_config, so `--sparse auto` never turns it on for one.)
+  llama.cpp lacks, or --quant asks for the torch runtime's int8/int4 linears. (GGUF files carry no
+  sparse_config, so `--sparse auto` never turns it on for one.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from runtime.backends.base import Backend
 
 
-def choose_backend(model: str | None, *, context_length: int | None, sparse: str, base_url: str | None) -> tuple[str, str]:
+def choose_backend(model: str | None, *, context_length: int | None, sparse: str, base_url: str | None,
+                   quant: str = "none") -> tuple[str, str]:
     """(backend name, the reason, for the user)."""
     if base_url:
         return "openai", f"--base-url {base_url} names a server"
@@ -28,6 +30,8 @@ def choose_backend(model: str | None, *, context_length: int | None, sparse: str
         return "torch", "an HF checkpoint runs on the torch runtime (llama.cpp would need `minicpm convert` first)"
     if sparse == "on":
         return "torch", "--sparse on: llama.cpp has no InfLLM v2 sparse attention"
+    if quant != "none":
+        return "torch", f"--quant {quant}: the torch runtime quantizes the weights on load"
     return "gguf", "a .gguf file on CPU: llama.cpp runs its quantized weights as they are"
 
 
@@ -35,7 +39,7 @@ def load_auto(model: str | None, **options) -> Backend:
     from runtime.backends.base import load_backend
 
     name, reason = choose_backend(model, context_length=options.get("context_length"), sparse=options.get("sparse", "auto"),
-                                  base_url=options.get("base_url"))
+                                  base_url=options.get("base_url"), quant=options.get("quant", "none"))
     backend = load_backend(name, model, **options)
     backend.notices.insert(0, f"--backend auto chose {name}: {reason}")
     return backend

@@ -78,6 +78,7 @@ def load_backend(
     model: str | None,
     *,
     dtype: str = "auto",
+    quant: str = "none",
     context_length: int | None = None,
     threads: int | None = None,
     sparse: str = "auto",
@@ -89,6 +90,7 @@ def load_backend(
 
     sparse: InfLLM v2 attention, auto | on | off (see runtime/sparse_attention.resolve_sparse);
     sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...);
+    quant: none | int8 | int4, the torch backend's weight quantization (runtime/quantize.py);
     base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY).
     """
     if context_length is not None and context_length < 2:
@@ -98,7 +100,7 @@ def load_backend(
     if name == "torch":
         from runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend.load(model, dtype=dtype, context_length=context_length, threads=threads,
+        return TorchBackend.load(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads,
                                  sparse=sparse, sparse_overrides=sparse_overrides)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
@@ -107,6 +109,9 @@ def load_backend(
         if sparse == "on" or any(v is not None for v in (sparse_overrides or {}).values()):
             backend.notices.append("llama.cpp has no InfLLM v2 sparse attention: the gguf backend runs "
                                    "dense attention (use --backend torch for sparse)")
+        if quant != "none":
+            backend.notices.append(f"--quant {quant} is the torch backend's: llama.cpp runs the GGUF's own "
+                                   "quantization (use --backend torch to quantize on load)")
         return backend
     if name == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
@@ -115,6 +120,6 @@ def load_backend(
     if name == "auto":
         from runtime.backends.auto import load_auto
 
-        return load_auto(model, dtype=dtype, context_length=context_length, threads=threads, sparse=sparse,
+        return load_auto(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads, sparse=sparse,
                          sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

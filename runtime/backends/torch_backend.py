@@ -29,7 +29,7 @@ class TorchBackend(Backend):
         self.stop_token_ids = set(loaded.tokenizer.stop_token_ids)
 
     @classmethod
-    def load(cls, model: str | None, *, dtype: str = "auto", context_length=None, threads=None,
+    def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
              sparse: str = "auto", sparse_overrides: dict | None = None) -> TorchBackend:
         from runtime.sparse_attention import describe, resolve_sparse
 
@@ -37,7 +37,7 @@ class TorchBackend(Backend):
             import torch
 
             torch.set_num_threads(threads)
-        loaded = load_torch_model(model, dtype=dtype)
+        loaded = load_torch_model(model, dtype=dtype, quant=quant)
         settings, notes = resolve_sparse(sparse, loaded.config, sparse_overrides)
         loaded.model.sparse = settings
         loaded.notices.extend(notes)

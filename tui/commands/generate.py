@@ -26,6 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
                              "its API key comes from MINICPM_API_KEY or OPENAI_API_KEY")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="torch compute dtype (auto: float32 below 2B parameters, else bfloat16)")
+    parser.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
+                        help="torch backend: quantize the linear layers' weights on load (int8 per channel, int4 in "
+                             "groups of 32; runtime/quantize.py); llama.cpp runs a GGUF's own quantization (none)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
                         help="context window in tokens, prompt plus output (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend in ("gguf", "openai") and args.dtype != "auto":
         print("minicpm: note: --dtype applies to the torch backend only; llama.cpp computes in the "
               "file's own types", file=sys.stderr)
-    backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads,
+    backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)

@@ -97,7 +97,7 @@ def load_backends(args: argparse.Namespace) -> list:
     for i in range(args.parallel):
         if args.parallel > 1:
             print(f"minicpm: loading copy {i + 1} of {args.parallel}", file=sys.stderr)
-        backends.append(load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx,
+        backends.append(load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx,
                                      threads=threads, sparse=args.sparse, sparse_overrides=sparse_options(args),
                                      base_url=args.base_url))
     return backends

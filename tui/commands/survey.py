@@ -111,7 +111,7 @@ def _load_model(args, console):
     from agents.chat_model import ChatMiniCPM
     from runtime.backends.base import load_backend
 
-    backend = load_backend(args.backend, args.model, dtype=args.dtype, context_length=args.ctx, threads=args.threads,
+    backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
