@@ -128,7 +128,8 @@ def fits(mode: str, linear: nn.Linear, group_size: int) -> bool:
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = 32, keep_reference: bool = False) -> dict:
     """Replace the decoder's linear layers and the lm_head of `model` (runtime.model.CausalLM) with
-    int8 or int4 ones, in place. Returns what was done: layers quantized, layers left in float (and
+    int8 or int4 ones, in place (q/k/v fused into the attention's qkv_proj, gate/up into the MLP's
+    gate_up_proj). Returns what was done: layers quantized, layers left in float (and
     why), bytes of linear weights before and after. keep_reference: int4 layers keep their unpacked
     weights so dequantized() works (the tests' reference); otherwise they are freed."""
     if mode not in QUANT_MODES:
@@ -143,23 +144,49 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32, keep_refer
     if next(model.parameters()).device.type != "cpu":
         raise QuantizationError("--quant int8/int4 runs on PyTorch's CPU kernels; this model is on "
                                 f"{next(model.parameters()).device}")
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and (name == "lm_head" or name.startswith("model.layers."))]
-    for name, linear in targets:
-        before = linear.weight.numel() * linear.weight.element_size()
-        if not fits("int8" if name == "lm_head" else mode, linear, group_size):
-            report["kept_float"].append(f"{name} {tuple(linear.weight.shape)}")
-            report["bytes_before"] += before
-            report["bytes_after"] += before
-            continue
-        layer_mode = "int8" if name == "lm_head" else mode
-        layer = Int8Linear(linear.weight) if layer_mode == "int8" else Int4Linear(linear.weight, group_size)
+    def quantized(weight: torch.Tensor, layer_mode: str) -> nn.Module:
+        layer = Int8Linear(weight) if layer_mode == "int8" else Int4Linear(weight, group_size)
         if isinstance(layer, Int4Linear) and not keep_reference:
             layer.compact()
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, layer)
-        report["quantized"] += 1
+        return layer
+
+    # (parent module, its linears, the attribute that holds them fused): q/k/v and gate/up share
+    # their input, so one product replaces three (two), the weights stacked along the outputs; with
+    # scales per output row (and per group along the inputs) that is the same quantization.
+    groups: list[tuple[str, nn.Module, list[str], str | None]] = []
+    for i, block in enumerate(model.model.layers):
+        prefix = f"model.layers.{i}."
+        groups += [(prefix + "self_attn", block.self_attn, ["q_proj", "k_proj", "v_proj"], "qkv_proj"),
+                   (prefix + "self_attn", block.self_attn, ["o_proj"], None),
+                   (prefix + "mlp", block.mlp, ["gate_proj", "up_proj"], "gate_up_proj"),
+                   (prefix + "mlp", block.mlp, ["down_proj"], None)]
+    groups.append(("", model, ["lm_head"], None))
+    for parent_name, parent, names, fused_name in groups:
+        linears = [getattr(parent, n) for n in names]
+        layer_mode = "int8" if names == ["lm_head"] else mode  # the logits keep 8 bits (see above)
+        before = sum(lin.weight.numel() * lin.weight.element_size() for lin in linears)
         report["bytes_before"] += before
+        if not all(fits(layer_mode, lin, group_size) for lin in linears):
+            for n, lin in zip(names, linears):
+                if fits(layer_mode, lin, group_size):
+                    layer = quantized(lin.weight, layer_mode)
+                    setattr(parent, n, layer)
+                    report["quantized"] += 1
+                    report["bytes_after"] += layer.weight_bytes()
+                else:
+                    report["kept_float"].append(f"{parent_name + '.' if parent_name else ''}{n} {tuple(lin.weight.shape)}")
+                    report["bytes_after"] += lin.weight.numel() * lin.weight.element_size()
+            continue
+        if fused_name is None:
+            layer = quantized(linears[0].weight, layer_mode)
+            setattr(parent, names[0], layer)
+        else:
+            layer = quantized(torch.cat([lin.weight.detach() for lin in linears]), layer_mode)
+            layer.fused_from = [(n, lin.weight.shape[0]) for n, lin in zip(names, linears)]  # rows of each, in order
+            setattr(parent, fused_name, layer)
+            for n in names:
+                delattr(parent, n)
+        report["quantized"] += len(names)
         report["bytes_after"] += layer.weight_bytes()
     return report
 

@@ -31,10 +31,16 @@ def test_a_quantized_model_computes_what_its_fake_quantized_twin_computes(tiny_m
 
     twin = load_torch_model(str(tiny_minicpm), dtype="bfloat16").model
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
-    assert len(layers) == report["quantized"] > 0
+    # q/k/v and gate/up are fused: 4 products per block where there were 7, plus the lm_head
+    assert len(layers) == 3 * 4 + 1 and report["quantized"] == 3 * 7 + 1
+    assert model.model.layers[0].self_attn.qkv_proj.fused_from == [("q_proj", 128), ("k_proj", 64), ("v_proj", 64)]
     with torch.no_grad():
         for name, layer in layers.items():
-            twin.get_submodule(name).weight.copy_(layer.dequantized())
+            parent, _, _ = name.rpartition(".")
+            parts = getattr(layer, "fused_from", None) or [(name.rpartition(".")[2], layer.out_features)]
+            weights = layer.dequantized().split([rows for _, rows in parts])
+            for (part, _), weight in zip(parts, weights):
+                twin.get_submodule(f"{parent}.{part}" if parent else part).weight.copy_(weight)
     fake = logits(twin)
 
     scale = dense.abs().max()
@@ -49,9 +55,11 @@ def test_int4_keeps_a_layer_the_kernel_cannot_take_in_float(tiny_minicpm):
     # A layer int4 cannot take: 100 output channels are not a multiple of 16.
     model.model.layers[0].mlp.up_proj = torch.nn.Linear(128, 100, bias=False)
     report = quantize_model(model, "int4")
-    assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
-    assert report["kept_float"] == ["model.layers.0.mlp.up_proj (100, 128)"]
-    assert isinstance(model.model.layers[0].mlp.down_proj, Int4Linear)  # K = 320, 10 groups of 32
+    mlp = model.model.layers[0].mlp
+    assert isinstance(mlp.up_proj, torch.nn.Linear) and report["kept_float"] == ["model.layers.0.mlp.up_proj (100, 128)"]
+    assert isinstance(mlp.gate_proj, Int4Linear) and mlp.gate_up_proj is None  # not fused with a float layer
+    assert isinstance(mlp.down_proj, Int4Linear)  # K = 320, 10 groups of 32
+    assert isinstance(model.model.layers[1].mlp.gate_up_proj, Int4Linear)
     assert isinstance(model.lm_head, Int8Linear)  # the logits keep 8 bits under int4
     assert report["quantized"] == 3 * 7 - 1 + 1 and report["bytes_after"] < report["bytes_before"] / 2
     line = describe(report)
