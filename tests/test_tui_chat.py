@@ -18,7 +18,7 @@ from tui.engine import ChatOptions
 from tui.tool_turns import McpHost
 from tui.widgets.tool_card import ToolCard
 from tui.widgets.messages import MessageView
-from tui_support import ScriptedBackend, make_app, send, settle, views
+from tui_support import ScriptedBackend, make_app, send, send_until_held, settle, views
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,11 +61,7 @@ async def test_escape_cancels_a_reply_and_keeps_what_was_written(tmp_path):
     backend = ScriptedBackend("one two three four five six", "next answer", hold_after=2)
     app, store = make_app(tmp_path, backend)
     async with app.run_test(size=(120, 40)) as pilot:
-        prompt = app.screen.query_one("#prompt")
-        prompt.text = "count"
-        await pilot.press("enter")
-        assert backend.holding.wait(10)
-        await pilot.pause()
+        await send_until_held(pilot, backend, "count")
         await pilot.press("escape")
         backend.release.set()
         await settle(pilot)
@@ -286,11 +282,7 @@ async def test_the_usage_line_follows_a_reply_while_it_streams(tmp_path):
     backend = ScriptedBackend("one two three four five", hold_after=3)
     app, store = make_app(tmp_path, backend)
     async with app.run_test(size=(120, 40)) as pilot:
-        prompt = app.screen.query_one("#prompt")
-        prompt.text = "count"
-        await pilot.press("enter")
-        assert backend.holding.wait(10)
-        await pilot.pause()
+        await send_until_held(pilot, backend, "count")
         live = str(app.screen.query_one("#usage").render())
         assert "writing:" in live and "/ 4,096 tokens" in live  # before the reply has ended
         backend.release.set()

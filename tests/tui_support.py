@@ -82,6 +82,15 @@ async def send(pilot, text: str) -> None:
     await settle(pilot)
 
 
+async def send_until_held(pilot, backend: ScriptedBackend, text: str) -> None:
+    """Send text and return once the backend (hold_after set) holds its reply half-way."""
+    prompt = pilot.app.screen.query_one("#prompt")
+    prompt.text = text
+    await pilot.press("enter")
+    assert backend.holding.wait(10)
+    await pilot.pause()
+
+
 async def settle(pilot) -> None:
     await pilot.pause()
     await pilot.app.workers.wait_for_complete()
