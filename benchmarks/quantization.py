@@ -9,8 +9,9 @@ end-of-sequence ignored):
 - llama.cpp through llama-cpp-python on the GGUF itself (Q4_1 blocks), the same threads.
 
 Quality, per torch mode, on held-out text: --abstracts arXiv abstracts (the shared 10K cs.AI sample
-when it is beside the checkout, else the sample shipped in survey/data), each read whole:
-- perplexity of the abstract's tokens (teacher forced, BOS first);
+when it is beside the checkout, else the sample shipped in survey/data), their first 512 tokens as
+the model's tokenizer encodes them:
+- perplexity of those tokens (teacher forced, each predicted from the ones before it);
 - top-1 agreement: the share of those positions where the mode's argmax is float32's;
 - greedy agreement: from each abstract's first 32 tokens, 32 greedy tokens; the share of positions
   equal to float32's continuation up to the first difference (1.0 = identical text).

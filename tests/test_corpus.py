@@ -137,6 +137,16 @@ def test_hybrid_fuses_both_rankings(corpus):
     assert "2401.07179" in [p.id for p in fused]
 
 
+def test_hybrid_gives_the_same_answer_with_the_corpus_lock_held(corpus):
+    """bm25 runs on a worker thread beside the dense half; a caller holding the corpus lock (as
+    the survey evaluation does) gets both halves in its own thread instead of a deadlock."""
+    query = "mixture of experts language models"
+    free = [p.id for p in corpus.search(query, k=8, mode="hybrid")]
+    with corpus.lock:
+        held = [p.id for p in corpus.search(query, k=8, mode="hybrid")]
+    assert held == free and len(free) == 8
+
+
 @pytest.mark.parametrize("query", ['"', "AND", "a OR", "NOT x", "title:foo", "NEAR(a b", "*", "^start", "(x",
                                    "-", "col:\"unterminated", "x AND (y OR", "C++ & C#", "   ", "état-of-the-art"])
 def test_fts_syntax_in_queries_never_errors(corpus, query):

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from runtime.errors import MiniCPMError
 from tui.config import ConfigError, TuiConfig
-from tui.engine import ChatOptions, ModelHost, ReplyDelta, ReplyDone, chat_messages, context_usage, stream_reply
+from tui.engine import ChatOptions, HostClosedError, ModelHost, ReplyDelta, ReplyDone, chat_messages, context_usage, stream_reply
 from tui_support import ScriptedBackend
 
 
@@ -202,3 +202,37 @@ def test_local_models_are_offered_in_the_picker(tmp_path):
     found = {entry.name: entry.options for entry in local_models([tmp_path])}
     assert found == {"MiniCPM4-8B (torch)": ChatOptions(model=str(checkpoint), backend="torch"),
                      "small.gguf (llama.cpp)": ChatOptions(model=str(tmp_path / "small.gguf"), backend="gguf")}
+
+
+def test_a_switch_still_waiting_when_the_app_closes_loads_nothing():
+    loads = []
+    host = ModelHost(loader=lambda name, model, **kw: loads.append(model) or ScriptedBackend())
+    host.get(ChatOptions())
+    generating, finish = threading.Event(), threading.Event()
+
+    def reply():
+        with host.busy():
+            generating.set()
+            finish.wait(10)
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    assert generating.wait(10)
+    failures = []
+
+    def switch():
+        try:
+            host.get(ChatOptions(model="other.gguf"))
+        except HostClosedError as exc:
+            failures.append(str(exc))
+
+    switching = threading.Thread(target=switch)
+    switching.start()
+    switching.join(0.2)
+    closing = threading.Thread(target=lambda: host.close(timeout=10))
+    closing.start()  # the app quits while the reply still runs and the switch still waits
+    finish.set()
+    for thread in (worker, switching, closing):
+        thread.join(10)
+    assert loads == ["default"] and failures == ["the chat is closing: no model loads any more"]
+    assert host.backend is None

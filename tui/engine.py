@@ -91,6 +91,10 @@ class ChatOptions:
         return (self.model, self.backend, self.base_url, self.sparse, self.context_length)
 
 
+class HostClosedError(MiniCPMError):
+    """A model was asked for after the app began to close."""
+
+
 class ModelHost:
     """Holds one loaded backend. Loading another closes the first, so switching chats between two
     models never keeps both in memory. Thread-safe: workers load and generate, the UI asks what is loaded.
@@ -110,6 +114,7 @@ class ModelHost:
         self.backend = None
         self._users = 0  # workers inside busy() now
         self._loading = False  # a worker is closing the old backend and loading the new one
+        self._closed = False  # close() ran: the app is going away, nothing loads any more
         self._local = threading.local()  # .depth: how many busy() blocks this thread is in
 
     @contextmanager
@@ -132,6 +137,8 @@ class ModelHost:
         mine = getattr(self._local, "depth", 0)
         with self._state:
             while True:
+                if self._closed:
+                    raise HostClosedError("the chat is closing: no model loads any more")
                 if self.backend is not None and self._key == key and not self._loading:
                     return self.backend
                 if not self._loading and self._users <= mine:
@@ -159,12 +166,14 @@ class ModelHost:
 
     def loaded(self, options: ChatOptions):
         """The backend if these options' model is the one loaded, else None (never loads)."""
-        return self.backend if self._key == options.load_key() else None
+        with self._state:
+            return self.backend if self._key == options.load_key() else None
 
     def close(self, timeout: float | None = None) -> bool:
         """Close the backend once no worker generates or loads (at most `timeout` seconds of waiting;
         False when it is still in use then, and left open: the process exits without closing it)."""
         with self._state:
+            self._closed = True  # a switch still waiting for a reply must not load after this
             if not self._state.wait_for(lambda: self._users == 0 and not self._loading, timeout):
                 return False
             if self.backend is not None and hasattr(self.backend, "close"):

@@ -116,7 +116,10 @@ def load_backend(
     if name == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.load(model, base_url=base_url, api_key=api_key, context_length=context_length)
+        backend = OpenAIBackend.load(model, base_url=base_url, api_key=api_key, context_length=context_length)
+        if quant != "none":
+            backend.notices.append(f"--quant {quant} is the torch backend's: the server runs the model as it loaded it")
+        return backend
     if name == "auto":
         from runtime.backends.auto import load_auto
 

@@ -14,6 +14,7 @@ in their kernels), so on two cores a hybrid query costs about its slower half, n
 from __future__ import annotations
 
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -71,9 +72,10 @@ def bm25(corpus: Corpus, query: str, k: int) -> list[tuple[int, float]]:
     FTS5 ranks every paper that matches any term, and most of a query's time goes to terms that
     match most papers ("model" is in 80% of the 140K arXiv abstracts). Its bm25 gives a term that
     more than half of the papers match an idf of 1e-6 (log((N - n + 0.5) / (n + 0.5)) is negative
-    there and FTS5 clamps it), so such a term cannot change the order of the papers that match
-    another term: it is left out of the ranking query while another term remains. Only when fewer
-    than k papers match the rest does the full query run, for the papers that match only those terms.
+    there and FTS5 clamps it), so such a term moves a paper's score by at most about 2e-6 (idf
+    times bm25's (k1 + 1)): it is left out of the ranking query while another term remains, which
+    can only reorder papers whose scores tie to that precision. Only when fewer than k papers match
+    the rest does the full query run, for the papers that match only those terms.
     """
     terms = fts_terms(query)
     if not terms:
@@ -103,8 +105,12 @@ def dense(corpus: Corpus, query: str, k: int) -> list[tuple[int, float]]:
     pks, matrix = corpus.vectors()
     if len(pks) == 0:
         return []
-    q = corpus.embedder().encode_one(query)
-    sims = matrix @ q
+    return nearest(corpus.embedder(), pks, matrix, query, k)
+
+
+def nearest(embedder, pks: np.ndarray, matrix: np.ndarray, query: str, k: int) -> list[tuple[int, float]]:
+    """The scan itself, on vectors already read: no database access, so it never waits on the corpus lock."""
+    sims = matrix @ embedder.encode_one(query)  # [N, 384] @ [384]
     return [(int(pks[i]), float(sims[i])) for i in top_k(sims, k)]
 
 
@@ -121,23 +127,32 @@ def rrf(lists: dict[str, list[tuple[int, float]]], k: int) -> list[tuple[int, fl
 
 
 _bm25_worker: ThreadPoolExecutor | None = None
+_bm25_worker_lock = threading.Lock()
 
 
 def bm25_in_background(corpus: Corpus, query: str, k: int):
     """A future of bm25(corpus, query, k), run on the one bm25 worker thread of this process."""
     global _bm25_worker
-    if _bm25_worker is None:
-        _bm25_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-bm25")
+    with _bm25_worker_lock:
+        if _bm25_worker is None:
+            _bm25_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-bm25")
     return _bm25_worker.submit(bm25, corpus, query, k)
 
 
 def hybrid(corpus: Corpus, query: str, k: int) -> list[tuple[int, float, dict[str, int]]]:
-    """RRF of bm25 and dense, each FUSION_DEPTH (or 2k) deep; bm25 runs beside the dense half."""
+    """RRF of bm25 and dense, each FUSION_DEPTH (or 2k) deep; bm25 runs beside the dense half.
+
+    Everything the dense half needs from the database (the vectors, the embedder's check) is read
+    before the worker starts, so the two never wait on each other's use of the corpus lock. A caller
+    that holds that lock itself gets both halves one after the other: the worker could not take it."""
     depth = max(FUSION_DEPTH, 2 * k)
-    corpus.vectors()  # loads or refreshes the cache here, before the worker can hold the corpus lock
+    pks, matrix = corpus.vectors()
+    embedder = corpus.embedder() if len(pks) and query.strip() else None
+    if corpus.lock._is_owned():  # noqa: SLF001 (RLock's own "held by this thread?")
+        return rrf({"bm25": bm25(corpus, query, depth), "dense": dense(corpus, query, depth)}, k)
     lexical = bm25_in_background(corpus, query, depth)
     try:
-        semantic = dense(corpus, query, depth)
+        semantic = nearest(embedder, pks, matrix, query, depth) if embedder is not None else []
     finally:
         lexical_hits = lexical.result()  # never leave the worker querying a corpus the caller may close
     return rrf({"bm25": lexical_hits, "dense": semantic}, k)

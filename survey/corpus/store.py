@@ -31,6 +31,7 @@ from survey.corpus.paper import Paper, normalize_id
 DB_NAME = "corpus.sqlite"
 SCHEMA_VERSION = 1
 TITLE_WEIGHT, ABSTRACT_WEIGHT, AUTHORS_WEIGHT = 5.0, 1.0, 1.0  # bm25() column weights
+MATCH_COUNTS_KEPT = 50_000  # query terms whose match counts a long-running process keeps
 
 
 class CorpusError(MiniCPMError):
@@ -220,12 +221,14 @@ class Corpus:
     # ---- meta ---------------------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (key, value))
+        with self.lock:
+            self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (key, value))
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -251,7 +254,7 @@ class Corpus:
         Cached until the database changes (this connection's writes, or another process's commits)."""
         with self.lock:
             version = (self.db.execute("PRAGMA data_version").fetchone()[0], self.db.total_changes)
-            if self._match_counts[0] != version:
+            if self._match_counts[0] != version or len(self._match_counts[1]) > MATCH_COUNTS_KEPT:
                 self._match_counts = (version, {})
             counts = self._match_counts[1]
             if None not in counts:

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from runtime.errors import MiniCPMError
-from tui.engine import (ChatOptions, ReplyDelta, ReplyDone, ReplyProgress, chat_messages, context_usage,
+from tui.engine import (ChatOptions, HostClosedError, ReplyDelta, ReplyDone, ReplyProgress, chat_messages, context_usage,
                         describe_backend, stream_reply)
 from tui.screens.dialogs import AskChoice, AskText
 from tui.widgets.history import HistoryList
@@ -360,6 +360,8 @@ class ChatScreen(Screen):
         self.app.call_from_thread(self.note, f"loading {self.options.model}…")
         try:
             self.host.get(self.options)
+        except HostClosedError:
+            return  # the app is closing
         except MiniCPMError as exc:
             self.app.call_from_thread(self.note, f"the model did not load: {exc}")
             return
@@ -433,7 +435,8 @@ class ChatScreen(Screen):
         for event in stream_reply(backend, messages, self.options, self.cancel_event):
             if isinstance(event, ReplyDelta):
                 call(view.add_delta, event.text, event.thought)
-                if event.completion_tokens and time.monotonic() - shown >= USAGE_EVERY_S:
+                # a server reports its prompt's tokens only at the end: nothing to show before
+                if event.prompt_tokens and event.completion_tokens and time.monotonic() - shown >= USAGE_EVERY_S:
                     shown = time.monotonic()
                     call(self.usage, event.prompt_tokens + event.completion_tokens, None,
                          f"writing: {event.completion_tokens:,} tokens")
@@ -449,6 +452,7 @@ class ChatScreen(Screen):
         if done.status == "error":
             await view.finish(done.content, done.thinking, footer=f"error: {done.error}", status="error")
             self.notify(done.error or "the reply failed", severity="error", timeout=10)
+            self.count_context()  # the live "writing" note goes; the chat's context is as it was
             return
         await view.finish(done.content, done.thinking, footer=footer_of(done.usage, done.status), status=done.status)
         used = (done.usage.get("prompt_tokens", 0) + done.usage.get("completion_tokens", 0)) or None
