@@ -21,9 +21,9 @@ What is measured, in one run, on the real arXiv cs 2024-2026 file in shared data
    embedder; then one warm-up query per mode; then each mode runs all queries, one mode after the other.
 3. Where the hybrid time goes: the same queries through the steps `search(mode="hybrid")` takes,
    each timed on its own, one after the other (embedding the query, the numpy scan for the top 50,
-   bm25 for the top 50, fusion plus fetching the papers) and their sum. search() itself runs bm25 on
-   a worker thread beside the embedding and the scan, so its hybrid time is below sum_of_steps. The
-   issue's target is hybrid p50 <= 50 ms.
+   bm25 for the top 50, fusion plus fetching the papers) and their sum. search() itself embeds and
+   scans on a worker thread beside bm25, so its hybrid time is below sum_of_steps. The issue's
+   target is hybrid p50 <= 50 ms.
 
 Queries (--queries N, default 100): a fifth (at most 20) are hand-written topical queries (QUERIES
 below); the rest are derived deterministically from the corpus's own titles: papers picked with a

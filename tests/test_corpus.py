@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
 import sqlite3
 
 import numpy as np
@@ -138,13 +139,17 @@ def test_hybrid_fuses_both_rankings(corpus):
 
 
 def test_hybrid_gives_the_same_answer_with_the_corpus_lock_held(corpus):
-    """bm25 runs on a worker thread beside the dense half; a caller holding the corpus lock (as
-    the survey evaluation does) gets both halves in its own thread instead of a deadlock."""
+    """The dense half runs on a worker thread beside bm25 and never waits for the corpus lock, so a
+    caller holding it (as the survey evaluation does) gets the same answer, not a deadlock; the
+    BLAS threads the scan narrowed to one are given back."""
     query = "mixture of experts language models"
     free = [p.id for p in corpus.search(query, k=8, mode="hybrid")]
     with corpus.lock:
         held = [p.id for p in corpus.search(query, k=8, mode="hybrid")]
     assert held == free and len(free) == 8
+    from threadpoolctl import threadpool_info
+
+    assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} != {1} or os.cpu_count() == 1
 
 
 @pytest.mark.parametrize("query", ['"', "AND", "a OR", "NOT x", "title:foo", "NEAR(a b", "*", "^start", "(x",

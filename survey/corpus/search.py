@@ -5,14 +5,18 @@ vectors are read from SQLite once per process and kept until an ingest changes t
 benchmarks/vector_search.py measured this against sqlite-vec and faiss; the README quotes the numbers
 and the reasons for the choice.
 
-Hybrid search runs its two halves at once: the bm25 query in a worker thread while this thread
-embeds the query and scans the vectors. Both release the GIL (SQLite while it steps, torch and numpy
-in their kernels), so on two cores a hybrid query costs about its slower half, not the sum
-(benchmarks/corpus_scale.py times both on the 140K-paper corpus).
+Hybrid search runs its two halves at once: the dense half (embedding the query, the scan) on a
+worker thread, which never touches the database, while the calling thread runs the bm25 query.
+Both release the GIL (SQLite while it steps, torch and numpy in their kernels). The scan then runs
+on one BLAS thread: OpenBLAS's own threads spin between calls and, beside bm25 on a 2-core machine,
+made a hybrid query slower than the two halves one after the other. Measured on the 140K-paper
+corpus, p50 over the benchmark's 100 queries: bm25 alone 29 ms, the halves in turn 48 ms, bm25 in
+a worker beside a 2-thread scan 56 ms, this arrangement 29 ms (benchmarks/corpus_scale.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +118,33 @@ def nearest(embedder, pks: np.ndarray, matrix: np.ndarray, query: str, k: int) -
     return [(int(pks[i]), float(sims[i])) for i in top_k(sims, k)]
 
 
+_blas = None  # threadpoolctl's controllers of the BLAS libraries numpy loaded, found once
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread inside the block (every BLAS library this process loaded), as before after it.
+    Process-wide while it lasts: another thread's BLAS call in that window also runs on one thread."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.num_threads for lib in _blas]
+    for lib in _blas:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas, before):
+            lib.set_num_threads(n)
+
+
+def nearest_beside_bm25(embedder, pks, matrix, query: str, k: int) -> list[tuple[int, float]]:
+    with one_blas_thread():
+        return nearest(embedder, pks, matrix, query, k)
+
+
 def rrf(lists: dict[str, list[tuple[int, float]]], k: int) -> list[tuple[int, float, dict[str, int]]]:
     """Reciprocal-rank fusion: each list adds 1 / (RRF_K + rank) for the items it holds."""
     fused: dict[int, float] = {}
@@ -126,36 +157,35 @@ def rrf(lists: dict[str, list[tuple[int, float]]], k: int) -> list[tuple[int, fl
     return [(pk, fused[pk], ranks[pk]) for pk in order]
 
 
-_bm25_worker: ThreadPoolExecutor | None = None
-_bm25_worker_lock = threading.Lock()
+_dense_worker: ThreadPoolExecutor | None = None
+_dense_worker_lock = threading.Lock()
 
 
-def bm25_in_background(corpus: Corpus, query: str, k: int):
-    """A future of bm25(corpus, query, k), run on the one bm25 worker thread of this process."""
-    global _bm25_worker
-    with _bm25_worker_lock:
-        if _bm25_worker is None:
-            _bm25_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-bm25")
-    return _bm25_worker.submit(bm25, corpus, query, k)
+def dense_in_background(embedder, pks: np.ndarray, matrix: np.ndarray, query: str, k: int):
+    """A future of the dense half's hits, computed on the one dense worker thread of this process."""
+    global _dense_worker
+    with _dense_worker_lock:
+        if _dense_worker is None:
+            _dense_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-dense")
+    return _dense_worker.submit(nearest_beside_bm25, embedder, pks, matrix, query, k)
 
 
 def hybrid(corpus: Corpus, query: str, k: int) -> list[tuple[int, float, dict[str, int]]]:
-    """RRF of bm25 and dense, each FUSION_DEPTH (or 2k) deep; bm25 runs beside the dense half.
+    """RRF of bm25 and dense, each FUSION_DEPTH (or 2k) deep, the dense half on the worker thread.
 
-    Everything the dense half needs from the database (the vectors, the embedder's check) is read
-    before the worker starts, so the two never wait on each other's use of the corpus lock. A caller
-    that holds that lock itself gets both halves one after the other: the worker could not take it."""
+    What the dense half needs from the database (the vectors, the embedder's check) is read here
+    first; the worker only computes, so bm25 in this thread has the corpus to itself (and a caller
+    that holds the corpus lock can search: the worker never waits for it)."""
     depth = max(FUSION_DEPTH, 2 * k)
     pks, matrix = corpus.vectors()
-    embedder = corpus.embedder() if len(pks) and query.strip() else None
-    if corpus.lock._is_owned():  # noqa: SLF001 (RLock's own "held by this thread?")
-        return rrf({"bm25": bm25(corpus, query, depth), "dense": dense(corpus, query, depth)}, k)
-    lexical = bm25_in_background(corpus, query, depth)
+    semantic = None
+    if len(pks) and query.strip():
+        semantic = dense_in_background(corpus.embedder(), pks, matrix, query, depth)
     try:
-        semantic = nearest(embedder, pks, matrix, query, depth) if embedder is not None else []
+        lexical = bm25(corpus, query, depth)
     finally:
-        lexical_hits = lexical.result()  # never leave the worker querying a corpus the caller may close
-    return rrf({"bm25": lexical_hits, "dense": semantic}, k)
+        semantic_hits = semantic.result() if semantic is not None else []  # never leave the worker running
+    return rrf({"bm25": lexical, "dense": semantic_hits}, k)
 
 
 def search(corpus: Corpus, query: str, k: int = 10, mode: str = "hybrid") -> list:
