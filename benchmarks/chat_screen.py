@@ -12,8 +12,11 @@ Column positions come from the box's own corners, so the history sidebar may be 
 
 from __future__ import annotations
 
+import re
+
 PLACEHOLDER = "Message (Enter sends, Shift+Enter or Ctrl+J new line)"
 NOT_LOADED = "loads with the first message"  # in the header until the chat's model is loaded
+CONTEXT_SHOWN = re.compile(r"context [\d?,]+ / \d")  # the usage line names the loaded model's window
 
 
 def _box(lines: list[str]) -> tuple[int, int, int, int] | None:
@@ -70,5 +73,8 @@ def header(screen: str) -> str:
 
 
 def model_loaded(screen: str) -> bool:
-    """The header names the loaded model and nothing is loading any more."""
-    return NOT_LOADED not in header(screen) and "loading" not in usage_line(screen)
+    """The model is loaded: the usage line shows its context window ("... / 8,192 tokens", known only
+    from a loaded backend), nothing is loading, and the header no longer says it loads later. (A
+    first frame that has drawn neither line yet is not "loaded".)"""
+    usage = usage_line(screen)  # a toast may cover its end: "context ? / 8,192 tok▌"
+    return bool(CONTEXT_SHOWN.match(usage)) and "loading" not in usage and NOT_LOADED not in header(screen)

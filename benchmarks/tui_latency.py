@@ -11,7 +11,7 @@ line in the text).
   preload until the embedded model is loaded (the header names it, nothing says "loading");
 - keystroke to echo: one character sent, the time until capture-pane shows it in the message box;
   --keystrokes of them, --gap apart like a typist. Measured idle (model loaded, nothing running;
-  the very first keystroke into the box is reported on its own, as it is much slower) and while
+  the very first keystroke into the box is reported on its own) and while
   the embedded model streams a long story (new_chat max_tokens from --max-tokens, in the settings
   file passed with --config); a keystroke counts as "during streaming" when it was sent after the
   reply's first text was on screen and echoed before the reply's usage ("last reply") appeared.
@@ -167,8 +167,8 @@ def typing_in_chat(args: argparse.Namespace, polling: dict) -> dict:
         # the model's load notice covers the message box for a few seconds: type once it is gone
         term.wait_for(lambda screen: prompt_text(screen) == PLACEHOLDER, timeout=30, interval=POLL)
         polling["chat_capture_seconds"] = term.capture_seconds(50)
-        # The first keystroke into the box was far slower than the rest in smoke runs (~0.4 s against
-        # ~0.03 s): it is reported apart, so that "idle" is the steady state of typing.
+        # The first keystroke into the box is reported apart (it pays for anything done lazily on
+        # first input), so that "idle" is the steady state of typing.
         echoes = [seconds for seconds, _ in type_keys(term, args.keystrokes + 1, args.gap, prompt_shows)]
         first, idle = echoes[0], echoes[1:]
         clear_prompt(term)

@@ -82,6 +82,10 @@ def test_the_chat_screen_is_read_from_text():
     assert prompt_shows(typed, "abc") and not prompt_shows(typed, "ab") and not prompt_is_empty(typed)
     assert model_loaded(typed)
     assert prompt_text("no message box here") is None
+    first_frame = CHAT.format(prompt="", usage="").replace("(loads with the first message)", "")
+    assert not model_loaded(first_frame)  # nothing drawn yet is not a loaded model
+    toasted = CHAT.format(prompt="", usage="context ? / 8,192 tok▌").replace("(loads with the first message)", "")
+    assert model_loaded(toasted)  # a notice's toast over the end of the usage line
     narrow = CHAT.format(prompt="Message (Enter sends, Shift+", usage="")  # a narrow box cuts the hint
     assert prompt_is_empty(narrow) and not prompt_is_empty(CHAT.format(prompt="Message", usage=""))
 
