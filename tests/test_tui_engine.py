@@ -112,6 +112,22 @@ def test_model_host_keeps_one_model_and_reloads_on_change():
     assert loads == [("auto", "default"), ("auto", "other.gguf")]
 
 
+def replying(host: ModelHost) -> tuple[threading.Thread, threading.Event]:
+    """A reply worker generating with the chat's model inside busy() until `finish` is set."""
+    generating, finish = threading.Event(), threading.Event()
+
+    def reply():
+        with host.busy():
+            host.get(ChatOptions())
+            generating.set()
+            finish.wait(10)
+
+    worker = threading.Thread(target=reply)
+    worker.start()
+    assert generating.wait(10)
+    return worker, finish
+
+
 def test_model_host_never_closes_a_backend_under_a_worker_that_generates():
     closed = []
 
@@ -125,17 +141,7 @@ def test_model_host_never_closes_a_backend_under_a_worker_that_generates():
         return backend
 
     host = ModelHost(loader=loader)
-    generating, finish = threading.Event(), threading.Event()
-
-    def reply():  # a reply worker: generates with the chat's model inside busy()
-        with host.busy():
-            host.get(ChatOptions())
-            generating.set()
-            finish.wait(10)
-
-    worker = threading.Thread(target=reply)
-    worker.start()
-    assert generating.wait(10)
+    worker, finish = replying(host)
     switched = []
     switch = threading.Thread(target=lambda: switched.append(host.get(ChatOptions(model="other.gguf"))))
     switch.start()  # the settings screen asked for another model: it waits for the reply
@@ -207,17 +213,7 @@ def test_local_models_are_offered_in_the_picker(tmp_path):
 def test_a_switch_still_waiting_when_the_app_closes_loads_nothing():
     loads = []
     host = ModelHost(loader=lambda name, model, **kw: loads.append(model) or ScriptedBackend())
-    host.get(ChatOptions())
-    generating, finish = threading.Event(), threading.Event()
-
-    def reply():
-        with host.busy():
-            generating.set()
-            finish.wait(10)
-
-    worker = threading.Thread(target=reply)
-    worker.start()
-    assert generating.wait(10)
+    worker, finish = replying(host)
     failures = []
 
     def switch():
