@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import pytest
 
@@ -335,3 +336,25 @@ async def test_export_from_the_history_writes_markdown_and_json(tmp_path):
     assert "Capital of France?" in markdown and "**Paris**, on the Seine." in markdown
     exported = json.loads((tmp_path / f"chat-{chat_id}.json").read_text())
     assert [m["content"] for m in exported["messages"]] == ["Capital of France?", "**Paris**, on the Seine."]
+
+
+async def test_quitting_mid_reply_stops_it_and_closes_the_model(tmp_path):
+    """The reply stops at its next token and the model is closed once it has: the wait for the
+    worker runs off the event loop, which the worker's last UI update needs (it used to block there
+    for 5 s, then leave the model open)."""
+    closed = threading.Event()
+
+    class Closing(ScriptedBackend):
+        def close(self):
+            closed.set()
+
+    backend = Closing("one two three four five six", hold_after=2)
+    app, store = make_app(tmp_path, backend)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await send_until_held(pilot, backend, "count")
+        threading.Timer(0.3, backend.release.set).start()  # the model reaches its next token
+        await pilot.press("ctrl+q")
+    assert closed.is_set()
+    [chat] = store.list()
+    # what was written is kept, marked cancelled (and so never sent back as context)
+    assert [(m.role, m.status) for m in store.messages(chat.id)] == [("user", "complete"), ("assistant", "cancelled")]

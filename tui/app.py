@@ -8,6 +8,8 @@ the MCP servers, the settings file) and the command palette; the screens do the 
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 from textual.app import App, SystemCommand
@@ -81,13 +83,15 @@ class ChatApp(App):
         yield SystemCommand("MCP tools", "the configured MCP servers and their tools", chat.action_tools)
         yield SystemCommand("Start a survey", "write a cited survey from the local paper corpus", chat.action_survey)
 
-    def on_unmount(self) -> None:
+    async def on_unmount(self) -> None:
         # A reply in flight stops at its next token, a survey after its current model call; the
-        # model is closed only once no worker uses it (else the process exits with it open).
+        # model is closed only once no worker uses it (else the process exits with it open). The
+        # wait runs off the event loop: a worker's last call_from_thread needs the loop to return
+        # before the worker can leave the model (waiting on the loop itself stalled quitting 5 s).
         for screen in self.screen_stack:
             for flag in ("cancel_event", "stop"):
                 event = getattr(screen, flag, None)
                 if event is not None and hasattr(event, "set"):
                     event.set()
-        self.host.close(timeout=5)
+        await asyncio.to_thread(self.host.close, 5)
         self.mcp.close()
