@@ -296,10 +296,10 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
     loads = []
     backend = ScriptedBackend("from the preset")
     config = {"models": [{"name": "embedded", "model": "default"},
-                         {"name": "long context", "model": "long.gguf", "backend": "gguf", "context_length": 2048,
-                          "temperature": 1.5}]}
+                         {"name": "long context", "model": "long.gguf", "backend": "torch", "context_length": 2048,
+                          "quant": "int4", "temperature": 1.5}]}
     app, store = make_app(tmp_path, backend, config=config)
-    app.host._load_backend = lambda name, model, **kw: loads.append((name, model, kw["context_length"])) or backend
+    app.host._load_backend = lambda name, model, **kw: loads.append((name, model, kw["context_length"], kw["quant"])) or backend
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -308,14 +308,16 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
         await pilot.pause()
         assert app.screen.query_one("#model").value == "long.gguf"
         assert app.screen.query_one("#context_length").value == "2048"
+        assert app.screen.query_one("#quant").value == "int4"
         assert app.screen.query_one("#temperature").value == "0.3"  # sampling stays the chat's
         app.screen.query_one("#save").press()
         await settle(pilot)
         await send(pilot, "hi")
-    assert ("gguf", "long.gguf", 2048) in loads
+    assert ("torch", "long.gguf", 2048, "int4") in loads
     chat = store.list()[0]
     options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
-    assert (options.model, options.backend, options.context_length, options.temperature) == ("long.gguf", "gguf", 2048, 0.3)
+    assert (options.model, options.backend, options.context_length, options.quant, options.temperature) == \
+        ("long.gguf", "torch", 2048, "int4", 0.3)
 
 
 async def test_export_from_the_history_writes_markdown_and_json(tmp_path):

@@ -232,3 +232,14 @@ def test_a_switch_still_waiting_when_the_app_closes_loads_nothing():
         thread.join(10)
     assert loads == ["default"] and failures == ["the chat is closing: no model loads any more"]
     assert host.backend is None
+
+
+def test_the_header_names_quantized_weights(tiny_minicpm):
+    from runtime.backends.torch_backend import TorchBackend
+    from tui.engine import describe_backend
+
+    assert describe_backend(TorchBackend.load(str(tiny_minicpm)))["attention"] == "dense attention"
+    quantized = describe_backend(TorchBackend.load(str(tiny_minicpm), quant="int8"))
+    assert quantized["attention"] == "dense attention · int8 weights" and quantized["backend"] == "torch"
+    with pytest.raises(MiniCPMError, match="quant must be none, int8 or int4"):
+        ChatOptions(quant="int2")

@@ -35,6 +35,7 @@ class ChatOptions:
     backend: str = "auto"
     base_url: str | None = None  # the openai backend's server
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
+    quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
     context_length: int | None = None  # None: the model's own
     temperature: float = 0.7
     top_p: float = 1.0
@@ -49,6 +50,8 @@ class ChatOptions:
             problems.append(f"backend must be torch, gguf, openai or auto (got {self.backend!r})")
         if self.sparse not in ("auto", "on", "off"):
             problems.append(f"sparse attention must be auto, on or off (got {self.sparse!r})")
+        if self.quant not in ("none", "int8", "int4"):
+            problems.append(f"quant must be none, int8 or int4 (got {self.quant!r})")
         if self.thinking not in THINKING_CHOICES:
             problems.append(f"thinking must be auto, on or off (got {self.thinking!r})")
         if self.context_length is not None and self.context_length < 16:
@@ -88,7 +91,7 @@ class ChatOptions:
 
     def load_key(self) -> tuple:
         """What decides which backend is loaded: chats that share it share the loaded model."""
-        return (self.model, self.backend, self.base_url, self.sparse, self.context_length)
+        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.context_length)
 
 
 class HostClosedError(MiniCPMError):
@@ -155,7 +158,7 @@ class ModelHost:
             if old is not None and hasattr(old, "close"):
                 old.close()
             backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
-                                         sparse=options.sparse, base_url=options.base_url)
+                                         sparse=options.sparse, quant=options.quant, base_url=options.base_url)
             return backend
         finally:
             with self._state:
@@ -184,6 +187,8 @@ class ModelHost:
 
 def describe_backend(backend) -> dict[str, str]:
     """What the header shows about a loaded backend: its name, the model, and the attention it runs."""
+    from runtime.quantize import Int4Linear, Int8Linear
+
     attention = "dense attention"
     model = getattr(getattr(backend, "loaded", None), "model", None)
     sparse = getattr(model, "sparse", None)
@@ -191,6 +196,10 @@ def describe_backend(backend) -> dict[str, str]:
         attention = f"InfLLM v2 sparse attention (top {sparse.topk} blocks, from {sparse.dense_len:,} tokens)"
     elif backend.name == "openai":
         attention = "attention on the server"
+    if model is not None:
+        kinds = {type(m) for m in model.modules()}
+        if Int4Linear in kinds or Int8Linear in kinds:
+            attention += " · int4 weights" if Int4Linear in kinds else " · int8 weights"
     return {"backend": backend.name, "model": backend.model_label, "attention": attention,
             "context": f"{backend.context_length:,} tokens"}
 

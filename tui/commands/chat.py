@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default=None, metavar="URL", help="the openai backend's server")
     parser.add_argument("--sparse", choices=("auto", "on", "off"), default=None,
                         help="InfLLM v2 sparse attention on the torch backend for a new chat")
+    parser.add_argument("--quant", choices=("none", "int8", "int4"), default=None,
+                        help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
     parser.add_argument("--system", default=None, help="the system prompt of a new chat")
     parser.add_argument("--tools", default=None, metavar="SERVERS",
                         help="comma-separated MCP servers a new chat may use, e.g. calc,clock")
@@ -90,7 +92,7 @@ def new_chat_options(options, args: argparse.Namespace):
         changes["model"] = args.model
         if args.backend is None:
             changes["backend"] = "auto"
-    for name in ("backend", "base_url", "sparse"):
+    for name in ("backend", "base_url", "sparse", "quant"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_url is not None and args.backend is None:

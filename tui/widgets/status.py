@@ -18,6 +18,8 @@ class ChatHeader(Static):
             model = f"[b]{escape(options.model)}[/] on {escape(options.backend)} (loads with the first message)"
             if options.sparse != "auto":
                 model += f" · sparse attention {options.sparse}"
+            if options.quant != "none":
+                model += f" · {options.quant} weights"
         tools = ", ".join(options.tools) if options.tools else "none"
         if options.tools and not mcp_ready:
             tools += " (starting)"
