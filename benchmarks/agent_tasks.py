@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import re
-import shlex
 import sqlite3
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
+from benchmarks.common import RESULTS, bench_command, machine, script_main, source_version, write_json
 
 DATA = Path(__file__).parent / "data" / "agent_tasks.json"
 
@@ -203,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
                 os.environ["MINICPM_HOME"] = previous_home
     result = {
         "benchmark": "agent_tasks",
-        "command": "minicpm bench agent_tasks " + shlex.join(sys.argv[1:]) if sys.argv else "",
+        "command": bench_command("agent_tasks"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": backend.model_label, "backend": backend.name, "dialect": args.dialect or "from the chat template",
         "max_steps": args.max_steps, "max_tokens": args.max_tokens,

@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from runtime.atomic import atomic_write_text
@@ -27,6 +29,15 @@ def script_main(module) -> None:
     parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
     module.add_arguments(parser)
     raise SystemExit(module.run(parser.parse_args()))
+
+
+def bench_command(name: str) -> str:
+    """The command that ran this benchmark, as `minicpm bench NAME ARGS`, whether it was started
+    that way or as `python -m benchmarks.NAME ARGS` (for the JSON's "command")."""
+    args = sys.argv[1:]
+    if args[:2] == ["bench", name]:
+        args = args[2:]
+    return shlex.join(["minicpm", "bench", name, *args])
 
 
 def source_version(*paths: str) -> str | None:

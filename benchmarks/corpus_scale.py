@@ -53,7 +53,6 @@ import json
 import os
 import random
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -65,7 +64,7 @@ from typing import Self
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
+from benchmarks.common import RESULTS, bench_command, machine, script_main, source_version, write_json
 from runtime.atomic import atomic_write_text
 
 # The shared data folder beside the checkout (../shared, as CI and the developers' machines lay it).
@@ -97,11 +96,6 @@ QUERIES = [
     "benchmarks for code generation",
     "adversarial robustness of image classifiers",
 ]
-
-
-def own_arguments(argv: list[str]) -> list[str]:
-    """This benchmark's arguments, whether it ran as `minicpm bench corpus_scale ...` or as a module."""
-    return argv[2:] if argv[:2] == ["bench", "corpus_scale"] else argv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -519,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {
         "benchmark": "corpus_scale",
-        "command": "minicpm bench corpus_scale " + shlex.join(own_arguments(sys.argv[1:])),
+        "command": bench_command("corpus_scale"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "machine": {**machine(), "numpy": np.__version__, "torch_threads": torch.get_num_threads(),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import itertools
 import json
 import math
 import os
@@ -33,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
+from benchmarks.common import RESULTS, bench_command, machine, script_main, source_version, write_json
 from benchmarks.runtime import prompt_ids, time_llama, time_torch
 
 SHARED_ABSTRACTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv" / "arxiv_cs_ai_sample10k.jsonl.gz"
@@ -173,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "benchmark": "quantization",
         "source": source_version("runtime", "benchmarks"),
-        "command": "minicpm bench quantization " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "quantization"]
-                                                             else sys.argv[1:]),
+        "command": bench_command("quantization"),
         "model": source.label,
         "machine": machine() | {"load_average_before": round(load_before, 2),
                                 "load_average_after": round(os.getloadavg()[0], 2)},

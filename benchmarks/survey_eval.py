@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, machine, script_main, source_version, write_json
+from benchmarks.common import RESULTS, bench_command, machine, script_main, source_version, write_json
 
 TOPICS = Path(__file__).parent / "data" / "survey_topics.json"
 PREVIEW_CHARS = 300
@@ -331,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(records)
     result = {
         "benchmark": "survey_eval",
-        "command": "minicpm bench survey_eval " + shlex.join(sys.argv[1:]) if sys.argv else "",
+        "command": bench_command("survey_eval"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": model.model_name, "backend": model.backend.name, "mode": args.mode,
         "max_steps": args.max_steps, "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
