@@ -51,10 +51,11 @@ def generate_steps(
     call, restricts the choice to tokens that keep the call valid."""
     budget = token_budget(len(prompt), params.max_tokens, context_length)
     cache = model.new_cache(capacity=len(prompt) + budget, rope_length=context_length)
-    ids = torch.tensor([prompt], dtype=torch.long)  # [1, T]
+    device = model.model.embed_tokens.weight.device  # a model on a GPU decodes there; sampling stays on the CPU
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)  # [1, T]
 
     for start in range(0, len(prompt), prefill_chunk):
-        logits = model(ids[:, start : start + prefill_chunk], cache, last_logits_only=True)[0, -1]  # [V]
+        logits = model(ids[:, start : start + prefill_chunk], cache, last_logits_only=True)[0, -1].cpu()  # [V]
         yield Step(prompt_processed=min(start + prefill_chunk, len(prompt)))
 
     history = list(prompt)
@@ -68,7 +69,7 @@ def generate_steps(
         if token in stop_ids or i == budget - 1:
             return
         history.append(token)
-        logits = model(torch.tensor([[token]]), cache, last_logits_only=True)[0, -1]
+        logits = model(torch.tensor([[token]], device=device), cache, last_logits_only=True)[0, -1].cpu()
 
 
 def stream_generate(

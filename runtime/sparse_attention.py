@@ -41,6 +41,9 @@ How this CPU path runs it:
   of chosen blocks when neighbouring queries chose alike, or with per-query gathers when they did
   not. Stage 1 runs in float32 in both, so they can part only at blocks whose scores tie to
   float32 rounding; stage 2 keeps float32 softmax statistics over products in the model's dtype.
+- On a GPU (a model whose tensors are on CUDA, bfloat16 or float16, head_dim 64 or 128) both
+  stages run in the CUDA kernels of runtime/cuda_kernel.py, the whole chunk of queries at once;
+  where those cannot run, the torch operations above run on the GPU, after a one-time notice.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime import cpu_kernel
+from runtime import cpu_kernel, cuda_kernel
 from runtime.config import SparseConfig
 from runtime.errors import UnsupportedModelError
 from runtime.grouped_matmul import group_scores
@@ -389,6 +392,10 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start:
         k0, v0 = k[0], v[0]
         if k0.stride(-2) != d or v0.stride() != k0.stride():  # a fresh projection (no cache) is token-major: copy once
             k0, v0 = k0.contiguous(), v0.contiguous()
+        if q.is_cuda and cuda_kernel.available(d, q.dtype, h // hkv):  # both stages in CUDA kernels
+            out = cuda_kernel.sparse_attention(qg[:, :, n_dense:], k0, v0, q_start + n_dense, compressed)
+            parts.append(out.reshape(1, h, t - n_dense, d))
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         n_kernels = sum(compressed.counts)
         stage1_step = max(1, STEP_BYTES // (h * 4 * max(1, n_kernels)))  # float32 scores per query
         outs = []

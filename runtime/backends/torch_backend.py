@@ -42,6 +42,8 @@ class TorchBackend(Backend):
         loaded.model.sparse = settings
         loaded.notices.extend(notes)
         loaded.details.append(describe(settings) if settings else "dense attention")
+        if settings is not None:
+            report_sparse_path()
         return cls(loaded, context_length)
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
@@ -58,3 +60,19 @@ class TorchBackend(Backend):
 
         return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length,
                                guard=guard)
+
+
+def report_sparse_path() -> None:
+    """Say, once, why sparse attention runs on the CPU path rather than the InfLLM v2 CUDA kernels:
+    this backend keeps the model on the CPU (the kernels run for a model placed on a GPU, as the
+    benchmarks and the Python API do)."""
+    import torch
+
+    from runtime import cuda_kernel
+    from runtime.notices import notify_once
+
+    if torch.cuda.is_available():
+        notify_once("a GPU is present, but the torch backend runs the model on the CPU (the command line has no "
+                    "--device yet), so InfLLM v2 runs on its CPU path, not the CUDA kernels")
+    else:
+        cuda_kernel.library()  # says why the kernels cannot run here, and that the CPU path runs
