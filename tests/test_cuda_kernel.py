@@ -178,7 +178,8 @@ def test_gpu_outputs_match_the_reference_within_bf16(heads, kv_heads, dim, chunk
     out = gpu_attention(q, k, v, SMALL, torch.bfloat16, bounds, kernels=True, monkeypatch=monkeypatch)
     torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=2e-2, rtol=2e-2)
     torch_ops = gpu_attention(q, k, v, SMALL, torch.bfloat16, bounds, kernels=False, monkeypatch=monkeypatch)
-    torch.testing.assert_close(out, torch_ops, atol=2e-2, rtol=2e-2)
+    # The torch operations round their logits to bfloat16 (the kernels keep float32): about 3e-2 apart.
+    torch.testing.assert_close(out, torch_ops, atol=4e-2, rtol=2e-2)
 
 
 @needs_gpu
@@ -208,3 +209,16 @@ def test_gpu_stage1_agrees_with_the_torch_path_at_minicpm4_8b_shape():
     same = (fast.sort(-1).values == slow.sort(-1).values).all(-1)
     assert same.float().mean() >= 0.99
     torch.testing.assert_close(fast_values, slow_values, rtol=1e-4, atol=0)
+
+
+def test_the_gpu_benchmark_describes_minicpm4_8b_and_refuses_to_run_without_a_gpu():
+    from benchmarks.infllm_cuda import MINICPM4_8B
+    from runtime.config import config_from_hf
+
+    config = config_from_hf(MINICPM4_8B)
+    assert (config.head_dim, config.num_attention_heads // config.num_key_value_heads) == (128, 16)
+    if torch.cuda.is_available():
+        return
+    result = run_cli("bench", "infllm_cuda", "--part", "kernel")
+    assert result.returncode == 1
+    assert "error: this benchmark needs the InfLLM v2 CUDA kernels, which cannot run here: no GPU" in result.stderr

@@ -606,7 +606,8 @@ extern "C" {
 // shapes it does not take, 3 for a CUDA error (infllm_cuda_last_error says which).
 int infllm_cuda_select(const InfllmSelectArgs *a, void *stream) {
     if (!supported(a->groups, a->dim, a->dtype) || a->keep < 1 || a->keep > a->n_blocks || a->stride1 < 1 ||
-        a->block_size % a->stride1 || a->tokens < 1 || a->tokens > 2147483647LL || a->lse_splits < 1 ||
+        a->block_size < 1 || a->block_size % a->stride1 || a->size1 < a->stride1 || a->size1 % a->stride1 ||
+        (a->n2 > 0 && a->stride2 < 1) || (a->n_blocks + BLOCKS_PER_CTA - 1) / BLOCKS_PER_CTA > 65535 || a->tokens < 1 || a->tokens > 2147483647LL || a->lse_splits < 1 ||
         a->lse_splits > 65535 || a->hkv > 65535)
         return fail(1, "unsupported shape");
     cudaStream_t s = static_cast<cudaStream_t>(stream);
