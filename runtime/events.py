@@ -96,6 +96,11 @@ class GenerationEvent:
     completion_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    # Speculative decoding (runtime/speculative.py), running totals: draft tokens checked, those
+    # accepted, and the verification forwards that checked them.
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    verify_steps: int = 0
 
     @property
     def is_progress(self) -> bool:
@@ -105,6 +110,12 @@ class GenerationEvent:
     @property
     def prefill_tokens_per_second(self) -> float:
         return self.prompt_processed / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Draft tokens accepted per verification forward (None without speculative decoding);
+        each such forward also emits one token of the model's own."""
+        return self.accepted_tokens / self.verify_steps if self.verify_steps else None
 
     @property
     def decode_tokens_per_second(self) -> float:

@@ -8,6 +8,7 @@ prints.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 
@@ -16,10 +17,12 @@ import torch
 from runtime.events import MAX_SEED, GenerationEvent, SamplingParams
 from runtime.model import CausalLM
 from runtime.sampling import sample_guarded_token, sample_token
+from runtime.speculative import SPECULATIVE_MODES, PromptLookup, verify
 from runtime.streaming import Step, events_from_steps, token_budget
 from runtime.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds activation memory, paces progress events
+DRAFT_MAX = 8  # draft tokens checked per forward with --speculative (--draft-max)
 
 
 def scored_step(logits: torch.Tensor, token: int, params: SamplingParams, prompt_len: int) -> Step:
@@ -44,11 +47,18 @@ def generate_steps(
     generator: torch.Generator | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
     guard=None,
+    speculative: str = "none",
+    draft_max: int = DRAFT_MAX,
 ) -> Iterator[Step]:
     """Yield prefill progress, then every sampled token (a stop id included) until done.
 
     guard: a ToolCallGuard (runtime/tool_calls/guard.py) that sees each token and, inside a tool
-    call, restricts the choice to tokens that keep the call valid."""
+    call, restricts the choice to tokens that keep the call valid.
+    speculative: none, or lookup: draft up to draft_max tokens by prompt lookup and check them in
+    one forward (runtime/speculative.py; same output). A guarded generation decodes token by token:
+    the guard must see each token before the next is chosen."""
+    if speculative not in SPECULATIVE_MODES:
+        raise ValueError(f"unknown speculative decoding mode {speculative!r} (choose {', '.join(SPECULATIVE_MODES)})")
     budget = token_budget(len(prompt), params.max_tokens, context_length)
     cache = model.new_cache(capacity=len(prompt) + budget, rope_length=context_length)
     device = model.model.embed_tokens.weight.device  # a model on a GPU decodes there; sampling stays on the CPU
@@ -59,17 +69,40 @@ def generate_steps(
         yield Step(prompt_processed=min(start + prefill_chunk, len(prompt)))
 
     history = list(prompt)
-    for i in range(budget):
-        if guard is None:
-            token = sample_token(logits, params, history, generator)
-        else:
-            token = sample_guarded_token(logits, params, history, generator, guard)
-            guard.accept(token)
-        yield scored_step(logits, token, params, len(prompt))
-        if token in stop_ids or i == budget - 1:
-            return
-        history.append(token)
-        logits = model(torch.tensor([[token]], device=device), cache, last_logits_only=True)[0, -1].cpu()
+    drafter = PromptLookup(history) if speculative == "lookup" and guard is None else None
+    if guard is None:
+        pending = [(sample_token(logits, params, history, generator), logits)]
+    else:
+        pending = [(sample_guarded_token(logits, params, history, generator, guard), logits)]
+        guard.accept(pending[0][0])
+    drafted = accepted = 0  # of the verification that produced `pending`
+    emitted = 0
+    while True:
+        for token, token_logits in pending:
+            step = scored_step(token_logits, token, params, len(prompt))
+            yield dataclasses.replace(step, drafted=drafted, accepted=accepted) if drafted else step
+            drafted = accepted = 0  # counted once, on the first token of the verification
+            emitted += 1
+            if token in stop_ids or emitted == budget:
+                return
+            history.append(token)
+            if drafter is not None:
+                drafter.extend([token])
+        # The last emitted token is not in the cache yet: this forward feeds it (and any draft).
+        draft = drafter.draft(min(draft_max, budget - emitted - 1)) if drafter is not None else []
+        batch = torch.tensor([history[-1:] + draft], device=device)
+        length = cache.length
+        out = model(batch, cache, last_logits_only=not draft)[0].cpu()  # [1 + k, V] (or [1, V])
+        if not draft:
+            if guard is None:
+                pending = [(sample_token(out[-1], params, history, generator), out[-1])]
+            else:
+                pending = [(sample_guarded_token(out[-1], params, history, generator, guard), out[-1])]
+                guard.accept(pending[0][0])
+            continue
+        verdict = verify(out, draft, params, history, generator)
+        cache.truncate(length + 1 + verdict.accepted)  # keep the fed token and the accepted drafts
+        pending, drafted, accepted = verdict.tokens, len(draft), verdict.accepted
 
 
 def stream_generate(
@@ -80,6 +113,8 @@ def stream_generate(
     context_length: int | None = None,
     prefill_chunk: int = PREFILL_CHUNK,
     guard=None,
+    speculative: str = "none",
+    draft_max: int = DRAFT_MAX,
 ) -> Iterator[GenerationEvent]:
     """Generate from prompt ids, yielding GenerationEvents (see runtime/events.py)."""
     context_length = context_length or model.config.max_position_embeddings
@@ -87,5 +122,6 @@ def stream_generate(
     stop_ids = set(tokenizer.stop_token_ids) | set(params.stop_token_ids)
     seed = params.seed if params.seed is not None else random.randrange(MAX_SEED)
     generator = torch.Generator().manual_seed(seed)
-    steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk, guard)
+    steps = generate_steps(model, prompt, params, stop_ids, context_length, generator, prefill_chunk, guard,
+                           speculative, draft_max)
     return events_from_steps(steps, tokenizer.decode, prompt, params, stop_ids)

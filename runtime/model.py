@@ -52,6 +52,15 @@ class KVCache:
         # InfLLM v2's compressed keys per layer, made on first use by a sparse model (attend()).
         self.compressed: list[CompressedKeys] | None = None
 
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (rejected draft tokens): later writes overwrite them,
+        and the compressed keys that covered any of them are dropped."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
+        for compressed in self.compressed or ():
+            compressed.truncate(length)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):

@@ -44,16 +44,26 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return (logits - logits.max()) / params.temperature
 
 
+def penalized(logits: torch.Tensor, params: SamplingParams, history: list[int]) -> torch.Tensor:
+    """logits [V] with the repetition penalty over the recent history applied (when it is on)."""
+    if params.repetition_penalty == 1.0:
+        return logits
+    recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
+    return apply_repetition_penalty(logits, torch.tensor(recent, dtype=torch.long), params.repetition_penalty)
+
+
+def token_distribution(logits: torch.Tensor, params: SamplingParams, history: list[int]) -> torch.Tensor:
+    """The distribution [V] that sample_token draws from (temperature > 0): penalty, filters, softmax."""
+    return torch.softmax(filter_logits(penalized(logits, params, history), params), dim=-1)
+
+
 def sample_token(
     logits: torch.Tensor, params: SamplingParams, history: list[int], generator: torch.Generator | None
 ) -> int:
     """Pick the next token from logits [V] given the token history (prompt and output so far)."""
-    if params.repetition_penalty != 1.0:
-        recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
-        logits = apply_repetition_penalty(logits, torch.tensor(recent, dtype=torch.long), params.repetition_penalty)
     if params.temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(filter_logits(logits, params), dim=-1)
+        return int(torch.argmax(penalized(logits, params, history)))
+    probs = token_distribution(logits, params, history)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
@@ -75,9 +85,7 @@ def sample_allowed_token(
     ranking if need be (a small model may rank the one valid token below thousands of others: the
     rest of a forced tool name, say). None if no token of the vocabulary is allowed.
     """
-    if params.repetition_penalty != 1.0:
-        recent = history[-params.repetition_window :] if params.repetition_window > 0 else history
-        logits = apply_repetition_penalty(logits, torch.tensor(recent, dtype=torch.long), params.repetition_penalty)
+    logits = penalized(logits, params, history)
     tried: set[int] = set()
     if params.temperature > 0:
         probs = torch.softmax(filter_logits(logits, params), dim=-1)

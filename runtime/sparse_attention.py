@@ -154,6 +154,11 @@ class CompressedKeys:
                 self.stores[i][:, :, done:total] = kernels.mean(-1, dtype=torch.float32).to(self.stores[i].dtype)
                 self.counts[i] = total
 
+    def truncate(self, length: int) -> None:
+        """Keep only the kernels that lie wholly in the first `length` keys (the cache was cut back)."""
+        for i, (size, stride) in enumerate(self.kernels):
+            self.counts[i] = min(self.counts[i], (length - size) // stride + 1 if length >= size else 0)
+
     def visible(self, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [B, Hkv, n, D], last token position of each kernel [n]) for kernel kind 0 (C1) or 1 (C2)."""
         size, stride = self.kernels[kind]

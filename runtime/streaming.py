@@ -40,6 +40,10 @@ class Step:
     token: int | None = None
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
+    # Speculative decoding, on the first token a verification forward emitted: draft tokens it
+    # checked and how many of them it accepted.
+    drafted: int = 0
+    accepted: int = 0
 
 
 class StreamingDetokenizer:
@@ -127,6 +131,7 @@ def events_from_steps(
     detok = StreamingDetokenizer(decode, context_ids=prompt)
     stops = StopStringMatcher(params.stop)
     n_prompt, n_out = len(prompt), 0
+    drafted = accepted = verifications = 0
     t0 = time.perf_counter()
     t_first: float | None = None
 
@@ -137,6 +142,9 @@ def events_from_steps(
             completion_tokens=n_out,
             prefill_seconds=(t_first or now) - t0,
             decode_seconds=now - t_first if t_first is not None else 0.0,
+            draft_tokens=drafted,
+            accepted_tokens=accepted,
+            verify_steps=verifications,
             **kwargs,
         )
 
@@ -152,6 +160,8 @@ def events_from_steps(
         if t_first is None:
             t_first = time.perf_counter()
         n_out += 1
+        if step.drafted:
+            drafted, accepted, verifications = drafted + step.drafted, accepted + step.accepted, verifications + 1
         scored = {"token": step.token, "logprob": step.logprob, "top_logprobs": step.top_logprobs}
         if step.token in stop_ids:
             yield event(prompt_processed=n_prompt, **scored)  # the stop token has no text

@@ -85,12 +85,16 @@ def load_backend(
     sparse_overrides: dict | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    speculative: str = "none",
+    draft_max: int = 8,
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
 
     sparse: InfLLM v2 attention, auto | on | off (see runtime/sparse_attention.resolve_sparse);
     sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...);
     quant: none | int8 | int4, the torch backend's weight quantization (runtime/quantize.py);
+    speculative: none | lookup, the torch backend's speculative decoding, checking up to draft_max
+    drafted tokens per forward (runtime/speculative.py);
     base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY).
     """
     if context_length is not None and context_length < 2:
@@ -101,7 +105,8 @@ def load_backend(
         from runtime.backends.torch_backend import TorchBackend
 
         return TorchBackend.load(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads,
-                                 sparse=sparse, sparse_overrides=sparse_overrides)
+                                 sparse=sparse, sparse_overrides=sparse_overrides, speculative=speculative,
+                                 draft_max=draft_max)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
 
@@ -112,6 +117,9 @@ def load_backend(
         if quant != "none":
             backend.notices.append(f"--quant {quant} is the torch backend's: llama.cpp runs the GGUF's own "
                                    "quantization (use --backend torch to quantize on load)")
+        if speculative != "none":
+            backend.notices.append(f"--speculative {speculative} is the torch backend's: the gguf backend decodes "
+                                   "token by token (use --backend torch)")
         return backend
     if name == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
@@ -119,10 +127,14 @@ def load_backend(
         backend = OpenAIBackend.load(model, base_url=base_url, api_key=api_key, context_length=context_length)
         if quant != "none":
             backend.notices.append(f"--quant {quant} is the torch backend's: the server runs the model as it loaded it")
+        if speculative != "none":
+            backend.notices.append(f"--speculative {speculative} is the torch backend's: the server decodes as it was "
+                                   "configured")
         return backend
     if name == "auto":
         from runtime.backends.auto import load_auto
 
         return load_auto(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads, sparse=sparse,
-                         sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key)
+                         sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key,
+                         speculative=speculative, draft_max=draft_max)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runtime.backends.base import Backend
+from runtime.errors import MiniCPMError
 from runtime.events import GenerationEvent, SamplingParams
 from runtime.loading import LoadedModel, load_torch_model
 
@@ -13,7 +14,15 @@ from runtime.loading import LoadedModel, load_torch_model
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, loaded: LoadedModel, context_length: int | None = None):
+    def __init__(self, loaded: LoadedModel, context_length: int | None = None, speculative: str = "none",
+                 draft_max: int = 8):
+        from runtime.speculative import SPECULATIVE_MODES
+
+        if speculative not in SPECULATIVE_MODES:
+            raise MiniCPMError(f"--speculative must be one of {', '.join(SPECULATIVE_MODES)} (got {speculative!r})")
+        if draft_max < 1:
+            raise MiniCPMError(f"--draft-max must be at least 1 (got {draft_max})")
+        self.speculative, self.draft_max = speculative, draft_max
         self.loaded = loaded
         self.model_label = loaded.source.label
         self.notices = list(loaded.notices)
@@ -30,7 +39,8 @@ class TorchBackend(Backend):
 
     @classmethod
     def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
-             sparse: str = "auto", sparse_overrides: dict | None = None) -> TorchBackend:
+             sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
+             draft_max: int = 8) -> TorchBackend:
         from runtime.sparse_attention import describe, resolve_sparse
 
         if threads:
@@ -44,7 +54,9 @@ class TorchBackend(Backend):
         loaded.details.append(describe(settings) if settings else "dense attention")
         if settings is not None:
             report_sparse_path()
-        return cls(loaded, context_length)
+        if speculative != "none":
+            loaded.details.append(f"speculative decoding: {speculative}, up to {draft_max} draft tokens per forward")
+        return cls(loaded, context_length, speculative, draft_max)
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.loaded.tokenizer.encode(text, add_bos=None if add_bos else False)
@@ -59,7 +71,7 @@ class TorchBackend(Backend):
         from runtime.generate import stream_generate
 
         return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length,
-                               guard=guard)
+                               guard=guard, speculative=self.speculative, draft_max=self.draft_max)
 
 
 def report_sparse_path() -> None:

@@ -119,7 +119,8 @@ def _build_agent(args, sessions, checkpointer, console):
     from runtime.backends.base import load_backend
 
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
-                           sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
+                           sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
+                           speculative=args.speculative, draft_max=args.draft_max)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     try:

@@ -29,6 +29,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                         help="torch backend: quantize the linear layers' weights on load (int8 per channel, int4 in "
                              "groups of 32; runtime/quantize.py); llama.cpp runs a GGUF's own quantization (none)")
+    parser.add_argument("--speculative", choices=("none", "lookup"), default="none",
+                        help="torch backend: draft tokens by prompt lookup (the continuation of an earlier "
+                             "occurrence of the last few tokens) and check them in one forward; same output, "
+                             "faster where the reply copies its input (runtime/speculative.py)")
+    parser.add_argument("--draft-max", type=int, default=8, metavar="N",
+                        help="most draft tokens checked per forward with --speculative (default: 8)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
                         help="context window in tokens, prompt plus output (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
@@ -132,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         print("minicpm: note: --dtype applies to the torch backend only; llama.cpp computes in the "
               "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
-                           sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url)
+                           sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
+                           speculative=args.speculative, draft_max=args.draft_max)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:
@@ -180,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
             "decode_tokens_per_second": round(last.decode_tokens_per_second, 2),
             "seed": seed,
         }
+        if last.verify_steps:
+            result.update(draft_tokens=last.draft_tokens, accepted_tokens=last.accepted_tokens,
+                          mean_accepted_length=round(last.mean_accepted_length, 3))
         if params.logprobs:
             result["logprobs"] = logprobs
         print(json.dumps(result, ensure_ascii=False))
@@ -193,4 +203,8 @@ def run(args: argparse.Namespace) -> int:
             f"finish: {last.finish_reason}, seed {seed}",
             file=sys.stderr,
         )
+        if last.verify_steps:
+            print(f"minicpm: speculative: {last.accepted_tokens} of {last.draft_tokens} draft tokens accepted in "
+                  f"{last.verify_steps} verifying forwards (mean accepted length {last.mean_accepted_length:.2f})",
+                  file=sys.stderr)
     return 0

@@ -99,7 +99,8 @@ def load_backends(args: argparse.Namespace) -> list:
             print(f"minicpm: loading copy {i + 1} of {args.parallel}", file=sys.stderr)
         backends.append(load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx,
                                      threads=threads, sparse=args.sparse, sparse_overrides=sparse_options(args),
-                                     base_url=args.base_url))
+                                     base_url=args.base_url, speculative=args.speculative,
+                                     draft_max=args.draft_max))
     return backends
 
 
