@@ -1,5 +1,6 @@
 """The InfLLM v2 CPU kernels (runtime/kernels/infllm_cpu.c: stage 1, block selection, and stage 2,
-attention over the selected ranges): built on first use, called via ctypes.
+attention over the selected ranges): built on first use, called via ctypes. build_c_library also
+builds the other C kernels (runtime/kernels/ternary_cpu.c, for runtime/ternary.py).
 
 Why a small C library and not a torch extension: it needs no torch headers, no ninja and no
 matching compiler ABI, builds in about a second with the C compiler every Linux machine with
@@ -50,12 +51,19 @@ def _cpu_signature() -> str:
     return flags[0] if flags else platform.processor() or platform.machine()
 
 
-def _build(compiler: str) -> Path:
+def find_c_compiler() -> str | None:
+    """$CC, else cc or gcc on PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build_c_library(source: Path, compiler: str) -> Path:
+    """Compile one of runtime/kernels/*.c for this CPU into the kernel cache (or return the cached
+    library). Raises RuntimeError with the compiler's last error line."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(COMPILE_FLAGS + LINK_FLAGS + version).encode() + _cpu_signature().encode()
+        source.read_bytes() + " ".join(COMPILE_FLAGS + LINK_FLAGS + version).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
-    target = cache_dir() / f"infllm_cpu-{key}.so"
+    target = cache_dir() / f"{source.stem}-{key}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,7 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     obj = tmp[: -len(".so")] + ".o"
     try:
-        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj],
+        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(source), "-o", obj],
                     [compiler, *LINK_FLAGS, obj, "-o", tmp, "-lm"]):
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
@@ -83,12 +91,12 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("MINICPM_CPU_KERNEL", "1") == "0":
         _failure = "MINICPM_CPU_KERNEL=0"
     else:
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        compiler = find_c_compiler()
         if compiler is None:
             _failure = "no C compiler found (install gcc, or set CC)"
         else:
             try:
-                lib = ctypes.CDLL(str(_build(compiler)))
+                lib = ctypes.CDLL(str(build_c_library(SOURCE, compiler)))
                 for name in ("infllm_attend_ranges_f32", "infllm_attend_ranges_bf16"):
                     fn = getattr(lib, name)
                     fn.restype = ctypes.c_int

@@ -46,9 +46,11 @@ def choose_dtype(name: str, config: ModelConfig) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none") -> LoadedModel:
+def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none", pack_ternary: bool = True) -> LoadedModel:
     """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime; quant: none | int8 |
-    int4 quantizes the linear layers' weights once they are loaded (runtime/quantize.py)."""
+    int4 quantizes the linear layers' weights once they are loaded (runtime/quantize.py). A BitCPM
+    checkpoint (ternary weights, fake-quantized) is recognised and packed to 2 bits per weight
+    (runtime/ternary.py) unless pack_ternary is False (the benchmark's unpacked reference)."""
     from runtime.quantize import QUANT_MODES, QuantizationError
 
     if quant not in QUANT_MODES:
@@ -83,7 +85,15 @@ def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none") 
         torch_dtype = choose_dtype(dtype, config)
         model = build_model(config, read_safetensors(safetensors_files(source.path)), torch_dtype)
     details.append(f"torch runtime in {str(model.dtype).removeprefix('torch.')}")
-    if quant != "none":
+    from runtime import ternary
+
+    groups = ternary.detect(model) if pack_ternary else None
+    if groups:  # BitCPM: packing its ternary weights is exact, and smaller than int4
+        details.append(ternary.describe(ternary.pack_model(model, groups)))
+        if quant != "none":
+            notices.append(f"--quant {quant} not applied: this checkpoint's weights are ternary (BitCPM), packed to "
+                           "2 bits per weight without loss instead")
+    elif quant != "none":
         from runtime.quantize import describe, quantize_model
 
         details.append(describe(quantize_model(model, quant)))
