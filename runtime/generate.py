@@ -77,6 +77,10 @@ def generate_steps(
         guard.accept(pending[0][0])
     drafted = accepted = 0  # of the verification that produced `pending`
     emitted = 0
+    # Draft length follows acceptance (the heuristic schedule of HF's assisted generation): two more
+    # after a fully accepted draft, one fewer otherwise. Checking a position costs a share of a
+    # forward, so drafts that keep failing shrink to one token instead of costing eight.
+    limit = draft_max
     while True:
         for token, token_logits in pending:
             step = scored_step(token_logits, token, params, len(prompt))
@@ -89,7 +93,7 @@ def generate_steps(
             if drafter is not None:
                 drafter.extend([token])
         # The last emitted token is not in the cache yet: this forward feeds it (and any draft).
-        draft = drafter.draft(min(draft_max, budget - emitted - 1)) if drafter is not None else []
+        draft = drafter.draft(min(limit, budget - emitted - 1)) if drafter is not None else []
         batch = torch.tensor([history[-1:] + draft], device=device)
         length = cache.length
         out = model(batch, cache, last_logits_only=not draft)[0].cpu()  # [1 + k, V] (or [1, V])
@@ -102,6 +106,7 @@ def generate_steps(
             continue
         verdict = verify(out, draft, params, history, generator)
         cache.truncate(length + 1 + verdict.accepted)  # keep the fed token and the accepted drafts
+        limit = min(draft_max, limit + 2) if verdict.accepted == len(draft) else max(1, limit - 1)
         pending, drafted, accepted = verdict.tokens, len(draft), verdict.accepted
 
 

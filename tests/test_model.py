@@ -183,3 +183,28 @@ def test_every_eos_id_of_the_config_stops_generation(tiny_minicpm):
     loaded = load_torch_model(str(tiny_minicpm), dtype="float32")
     assert set(loaded.config.eos_token_id) == {2, loaded.config.vocab_size - 1}
     assert set(loaded.config.eos_token_id) <= loaded.tokenizer.stop_token_ids
+
+
+def test_a_few_queries_on_a_cache_attend_as_sdpa_does():
+    """The grouped-product path for 2-16 queries continuing a cache (speculative verification)."""
+    from runtime.model import few_query_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 9, 5, 64, generator=gen), torch.randn(2, 3, 37, 64, generator=gen), torch.randn(2, 3, 37, 64, generator=gen)
+    mask = torch.arange(37)[None, :] <= torch.arange(32, 37)[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(few_query_attention(q, k, v, 32), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_of_a_few_rows_match_the_lm_head(tiny_minicpm):
+    """float32 computes a few rows' logits as W @ h^T (faster with MKL); the values are lm_head's."""
+    from runtime.loading import load_torch_model
+
+    model = load_torch_model(str(tiny_minicpm), dtype="float32").model
+    ids = torch.randint(3, 500, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = model(ids)  # 20 rows: lm_head itself
+        cache = model.new_cache(capacity=20)
+        model(ids[:, :16], cache)
+        few = model(ids[:, 16:], cache)  # 4 rows continuing the cache: the other product and attention path
+    torch.testing.assert_close(few, full[:, 16:], atol=1e-4, rtol=1e-4)

@@ -297,9 +297,10 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
     backend = ScriptedBackend("from the preset")
     config = {"models": [{"name": "embedded", "model": "default"},
                          {"name": "long context", "model": "long.gguf", "backend": "torch", "context_length": 2048,
-                          "quant": "int4", "temperature": 1.5}]}
+                          "quant": "int4", "speculative": "lookup", "temperature": 1.5}]}
     app, store = make_app(tmp_path, backend, config=config)
-    app.host._load_backend = lambda name, model, **kw: loads.append((name, model, kw["context_length"], kw["quant"])) or backend
+    app.host._load_backend = lambda name, model, **kw: loads.append(
+        (name, model, kw["context_length"], kw["quant"], kw["speculative"])) or backend
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -309,15 +310,16 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
         assert app.screen.query_one("#model").value == "long.gguf"
         assert app.screen.query_one("#context_length").value == "2048"
         assert app.screen.query_one("#quant").value == "int4"
+        assert app.screen.query_one("#speculative").value == "lookup"
         assert app.screen.query_one("#temperature").value == "0.3"  # sampling stays the chat's
         app.screen.query_one("#save").press()
         await settle(pilot)
         await send(pilot, "hi")
-    assert ("torch", "long.gguf", 2048, "int4") in loads
+    assert ("torch", "long.gguf", 2048, "int4", "lookup") in loads
     chat = store.list()[0]
     options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
-    assert (options.model, options.backend, options.context_length, options.quant, options.temperature) == \
-        ("long.gguf", "torch", 2048, "int4", 0.3)
+    assert (options.model, options.backend, options.context_length, options.quant, options.speculative,
+            options.temperature) == ("long.gguf", "torch", 2048, "int4", "lookup", 0.3)
 
 
 async def test_export_from_the_history_writes_markdown_and_json(tmp_path):

@@ -243,3 +243,8 @@ def test_the_header_names_quantized_weights(tiny_minicpm):
     assert quantized["attention"] == "dense attention · int8 weights" and quantized["backend"] == "torch"
     with pytest.raises(MiniCPMError, match="quant must be none, int8 or int4"):
         ChatOptions(quant="int2")
+    drafting = describe_backend(TorchBackend.load(str(tiny_minicpm), speculative="lookup"))
+    assert drafting["attention"] == "dense attention · lookup drafts"
+    with pytest.raises(MiniCPMError, match="speculative decoding must be none or lookup"):
+        ChatOptions(speculative="eagle")
+    assert ChatOptions().load_key() != ChatOptions(speculative="lookup").load_key()  # another backend object

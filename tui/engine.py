@@ -36,6 +36,7 @@ class ChatOptions:
     base_url: str | None = None  # the openai backend's server
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
     quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
+    speculative: str = "none"  # the torch backend's speculative decoding: none | lookup (runtime/speculative.py)
     context_length: int | None = None  # None: the model's own
     temperature: float = 0.7
     top_p: float = 1.0
@@ -52,6 +53,8 @@ class ChatOptions:
             problems.append(f"sparse attention must be auto, on or off (got {self.sparse!r})")
         if self.quant not in ("none", "int8", "int4"):
             problems.append(f"quant must be none, int8 or int4 (got {self.quant!r})")
+        if self.speculative not in ("none", "lookup"):
+            problems.append(f"speculative decoding must be none or lookup (got {self.speculative!r})")
         if self.thinking not in THINKING_CHOICES:
             problems.append(f"thinking must be auto, on or off (got {self.thinking!r})")
         if self.context_length is not None and self.context_length < 16:
@@ -91,7 +94,7 @@ class ChatOptions:
 
     def load_key(self) -> tuple:
         """What decides which backend is loaded: chats that share it share the loaded model."""
-        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.context_length)
+        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.context_length)
 
 
 class HostClosedError(MiniCPMError):
@@ -158,7 +161,8 @@ class ModelHost:
             if old is not None and hasattr(old, "close"):
                 old.close()
             backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
-                                         sparse=options.sparse, quant=options.quant, base_url=options.base_url)
+                                         sparse=options.sparse, quant=options.quant, base_url=options.base_url,
+                                         speculative=options.speculative)
             return backend
         finally:
             with self._state:
@@ -200,6 +204,8 @@ def describe_backend(backend) -> dict[str, str]:
         kinds = {type(m) for m in model.modules()}
         if Int4Linear in kinds or Int8Linear in kinds:
             attention += " · int4 weights" if Int4Linear in kinds else " · int8 weights"
+    if getattr(backend, "speculative", "none") != "none":
+        attention += f" · {backend.speculative} drafts"
     return {"backend": backend.name, "model": backend.model_label, "attention": attention,
             "context": f"{backend.context_length:,} tokens"}
 

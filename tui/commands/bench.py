@@ -20,6 +20,8 @@ BENCHMARKS = {
     "corpus_scale": "the paper corpus at 140K papers: ingest papers/s (bm25, dense) and query p50/p95 per search mode",
     "agent_tasks": "the tool agent doing checkable tasks through the built-in MCP servers: success rate",
     "quantization": "--quant int8/int4 against float and llama.cpp's Q4_1: decode tok/s, perplexity, agreement",
+    "speculative": "--speculative lookup against plain decoding and llama.cpp's prompt lookup: decode tok/s per task",
+    "ternary": "BitCPM ternary weights packed to 2 bits against their bf16 form: bytes, decode tok/s, agreement",
     "infllm_cuda": "InfLLM v2 CUDA kernels against SDPA flash (needs a GPU): kernel time at 32K-128K, 8B-shape decode tok/s",
     "tui_latency": "`minicpm chat` in a real terminal (tmux): start-up to a prompt, keystroke echo idle and while streaming",
 }

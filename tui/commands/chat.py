@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="InfLLM v2 sparse attention on the torch backend for a new chat")
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default=None,
                         help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
+    parser.add_argument("--speculative", choices=("none", "lookup"), default=None,
+                        help="prompt-lookup drafts for a new chat on the torch backend (runtime/speculative.py)")
     parser.add_argument("--system", default=None, help="the system prompt of a new chat")
     parser.add_argument("--tools", default=None, metavar="SERVERS",
                         help="comma-separated MCP servers a new chat may use, e.g. calc,clock")
@@ -92,7 +94,7 @@ def new_chat_options(options, args: argparse.Namespace):
         changes["model"] = args.model
         if args.backend is None:
             changes["backend"] = "auto"
-    for name in ("backend", "base_url", "sparse", "quant"):
+    for name in ("backend", "base_url", "sparse", "quant", "speculative"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_url is not None and args.backend is None:

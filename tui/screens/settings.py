@@ -51,13 +51,15 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
                 yield Select([(b, b) for b in ("auto", "torch", "gguf", "openai")], value=o.backend, id="backend",
                              allow_blank=False)
                 yield Input(o.base_url or "", placeholder="server URL (openai backend)", id="base_url")
-            yield Label("InfLLM v2 sparse attention · weights (both torch only) · thinking")
+            yield Label("InfLLM v2 attention · weights · decoding (torch only) · thinking")
             with Horizontal(classes="row"):
-                yield Select([(f"sparse {v}", v) for v in ("auto", "on", "off")], value=o.sparse, id="sparse",
+                yield Select([("attn auto", "auto"), ("sparse", "on"), ("dense", "off")], value=o.sparse, id="sparse",
                              allow_blank=False)
-                yield Select([(f"weights {v}" if v != "none" else "weights float", v) for v in ("none", "int8", "int4")],
-                             value=o.quant, id="quant", allow_blank=False)
-                yield Select([(f"thinking {v}", v) for v in ("auto", "on", "off")], value=o.thinking, id="thinking",
+                yield Select([("float", "none"), ("int8", "int8"), ("int4", "int4")], value=o.quant, id="quant",
+                             allow_blank=False)
+                yield Select([("plain", "none"), ("lookup", "lookup")], value=o.speculative, id="speculative",
+                             allow_blank=False)
+                yield Select([(f"think {v}", v) for v in ("auto", "on", "off")], value=o.thinking, id="thinking",
                              allow_blank=False)
             yield Label("Temperature · top p · max tokens · seed · context (tokens)")
             with Horizontal(classes="row"):
@@ -86,6 +88,7 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         self.query_one("#base_url", Input).value = preset.base_url or ""
         self.query_one("#sparse", Select).value = preset.sparse
         self.query_one("#quant", Select).value = preset.quant
+        self.query_one("#speculative", Select).value = preset.speculative
         # The preset's context is part of how its model loads; sampling stays the chat's own.
         self.query_one("#context_length", Input).value = "" if preset.context_length is None else str(preset.context_length)
 
@@ -95,6 +98,7 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
             model=value("model").strip(), backend=self.query_one("#backend", Select).value,
             base_url=value("base_url").strip() or None, sparse=self.query_one("#sparse", Select).value,
             quant=self.query_one("#quant", Select).value,
+            speculative=self.query_one("#speculative", Select).value,
             thinking=self.query_one("#thinking", Select).value,
             temperature=_number(value("temperature"), float, "temperature"),
             top_p=_number(value("top_p"), float, "top p"),

@@ -20,6 +20,8 @@ class ChatHeader(Static):
                 model += f" · sparse attention {options.sparse}"
             if options.quant != "none":
                 model += f" · {options.quant} weights"
+            if options.speculative != "none":
+                model += f" · {options.speculative} drafts"
         tools = ", ".join(options.tools) if options.tools else "none"
         if options.tools and not mcp_ready:
             tools += " (starting)"
