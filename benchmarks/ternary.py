@@ -63,7 +63,7 @@ def projection_bytes(model) -> int:
         for parent_name, names, fused in PROJECTIONS:
             parent = getattr(block, parent_name)
             for layer in [getattr(parent, n, None) for n in names] + [getattr(parent, fused, None) if fused else None]:
-                if isinstance(layer, TernaryLinear):
+                if isinstance(layer, TernaryLinear) or hasattr(layer, "weight_bytes"):  # packed or --quant
                     total += layer.weight_bytes()
                 elif layer is not None and hasattr(layer, "weight"):
                     total += layer.weight.numel() * layer.weight.element_size()
