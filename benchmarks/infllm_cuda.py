@@ -66,6 +66,18 @@ def gpu_time(fn, repeats: int) -> float:
 
 def kernel_part(args) -> list[dict]:
     import torch
+
+    rows = []
+    for n in args.contexts:
+        rows.append(kernel_row(n, args.repeats))  # its tensors are freed when it returns
+        print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def kernel_row(n: int, repeats: int) -> dict:
+    """Prefill and decode at n tokens: SDPA flash against the kernels, in milliseconds."""
+    import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -74,46 +86,42 @@ def kernel_part(args) -> list[dict]:
 
     st = SparseSettings(dense_len=0)
     heads, kv_heads, d = 32, 2, 128
-    rows = []
-    for n in args.contexts:
-        gen = torch.Generator(device="cuda").manual_seed(n)
-        q = torch.randn(heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(kv_heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(kv_heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
-        k32, v32 = (x.repeat_interleave(heads // kv_heads, dim=0)[None] for x in (k, v))  # flash takes equal heads
-        qg = q.view(kv_heads, heads // kv_heads, n, d)
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    q = torch.randn(heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(kv_heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(kv_heads, n, d, generator=gen, device="cuda", dtype=torch.bfloat16)
+    k32, v32 = (x.repeat_interleave(heads // kv_heads, dim=0)[None] for x in (k, v))  # flash takes equal heads
+    qg = q.view(kv_heads, heads // kv_heads, n, d)
 
-        def dense_prefill():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                F.scaled_dot_product_attention(q[None], k32, v32, is_causal=True)
-
-        def sparse_prefill():
-            compressed = CompressedKeys(st, 1, kv_heads, d, n, torch.bfloat16, "cuda")
-            compressed.update(k[None])
-            cuda_kernel.sparse_attention(qg, k, v, 0, compressed)
-
+    def compress() -> CompressedKeys:
         compressed = CompressedKeys(st, 1, kv_heads, d, n, torch.bfloat16, "cuda")
         compressed.update(k[None])
-        q1 = q[:, -1:].contiguous()
+        return compressed
 
-        def dense_decode():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                F.scaled_dot_product_attention(q1[None], k32, v32)
+    def dense_prefill():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q[None], k32, v32, is_causal=True)
 
-        def sparse_decode():
-            cuda_kernel.sparse_attention(q1.view(kv_heads, heads // kv_heads, 1, d), k, v, n - 1, compressed)
+    def sparse_prefill():  # the key compression counts: a prefill does it
+        cuda_kernel.sparse_attention(qg, k, v, 0, compress())
 
-        row = {"context": n}
-        for name, dense, sparse, repeats in (("prefill", dense_prefill, sparse_prefill, args.repeats),
-                                             ("decode", dense_decode, sparse_decode, 10 * args.repeats)):
-            row[f"{name}_dense_ms"] = round(1000 * gpu_time(dense, repeats), 3)
-            row[f"{name}_sparse_ms"] = round(1000 * gpu_time(sparse, repeats), 3)
-            row[f"{name}_speedup"] = round(row[f"{name}_dense_ms"] / row[f"{name}_sparse_ms"], 2)
-        rows.append(row)
-        print(row, flush=True)
-        del q, k, v, k32, v32, compressed
-        torch.cuda.empty_cache()
-    return rows
+    cached = compress()  # a decode step finds the compressed keys there
+    q1 = q[:, -1:].contiguous()
+
+    def dense_decode():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q1[None], k32, v32)
+
+    def sparse_decode():
+        cuda_kernel.sparse_attention(q1.view(kv_heads, heads // kv_heads, 1, d), k, v, n - 1, cached)
+
+    row = {"context": n}
+    for name, dense, sparse, times in (("prefill", dense_prefill, sparse_prefill, repeats),
+                                       ("decode", dense_decode, sparse_decode, 10 * repeats)):
+        row[f"{name}_dense_ms"] = round(1000 * gpu_time(dense, times), 3)
+        row[f"{name}_sparse_ms"] = round(1000 * gpu_time(sparse, times), 3)
+        row[f"{name}_speedup"] = round(row[f"{name}_dense_ms"] / row[f"{name}_sparse_ms"], 2)
+    return row
 
 
 def model_part(args) -> list[dict]:
