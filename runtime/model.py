@@ -30,6 +30,8 @@ from runtime.grouped_matmul import group_mix, group_scores
 from runtime.notices import notify_once
 from runtime.sparse_attention import CompressedKeys, SparseSettings, sparse_attention
 
+Segments = list[tuple[int, int]]  # packed sequences along T: (start, end) of each
+
 
 class KVCache:
     """Preallocated keys and values for every layer of one batch of sequences.
@@ -157,8 +159,15 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_sta
                       for i in range(t)], dim=2)
 
 
-def attend(q, k, v, q_start: int, layer: int, cache: KVCache | None, sparse: SparseSettings | None) -> torch.Tensor:
-    """Dense attention, or InfLLM v2 when the model runs sparse; shapes as in dense_attention."""
+def attend(q, k, v, q_start: int, layer: int, cache: KVCache | None, sparse: SparseSettings | None,
+           segments: Segments | None = None) -> torch.Tensor:
+    """Dense attention, or InfLLM v2 when the model runs sparse; shapes as in dense_attention.
+    segments: packed training sequences, (start, end) of each along T; each attends causally within
+    itself, as its own causal product (no [T, T] mask: SDPA's masked path is 2x slower on CPU)."""
+    if segments is not None:
+        gqa = q.shape[1] != k.shape[1]
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True,
+                                                         enable_gqa=gqa) for a, b in segments], dim=2)
     if sparse is None:
         return dense_attention(q, k, v, q_start)
     b, hkv, s, d = k.shape
@@ -218,7 +227,7 @@ class Attention(nn.Module):
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x, cos, sin, layer: int, cache: KVCache | None, start: int,
-                sparse: SparseSettings | None = None) -> torch.Tensor:
+                sparse: SparseSettings | None = None, segments: Segments | None = None) -> torch.Tensor:
         b, t, _ = x.shape  # x: [B, T, C]
         q, k, v = self.project(x)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
@@ -230,7 +239,7 @@ class Attention(nn.Module):
             cache.v[layer, :, :, start : start + t] = v
             k = cache.k[layer, :, :, : start + t]  # [B, Hkv, S, D]
             v = cache.v[layer, :, :, : start + t]
-        out = attend(q, k, v, start, layer, cache, sparse)  # [B, H, T, D]
+        out = attend(q, k, v, start, layer, cache, sparse, segments)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -261,8 +270,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, h, cos, sin, cache: KVCache | None, start: int, sparse: SparseSettings | None = None) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(h), cos, sin, self.index, cache, start, sparse)
+    def forward(self, h, cos, sin, cache: KVCache | None, start: int, sparse: SparseSettings | None = None,
+                segments: Segments | None = None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(h), cos, sin, self.index, cache, start, sparse, segments)
         h = h + attn * self.residual_scale
         return h + self.mlp(self.post_attention_layernorm(h)) * self.residual_scale
 
@@ -298,6 +308,30 @@ class CausalLM(nn.Module):
         device = self.model.embed_tokens.weight.device
         return KVCache(self.config, batch_size, capacity, self.dtype, device, rope_length)
 
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, rope_length: int | None = None,
+                      positions: torch.Tensor | None = None, segments: Segments | None = None,
+                      last_only: bool = False) -> torch.Tensor:
+        """The final hidden states [B, T, C] (normed, divided by the logit divisor) that lm_head turns
+        into logits. Training passes packed sequences (training/batches.py): positions [T] restart at
+        each sequence, and segments keeps attention causal within each (see attend)."""
+        t = input_ids.shape[1]
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + t > cache.capacity:
+            raise ValueError(f"KV cache holds {cache.capacity} positions; {start} used, {t} more requested")
+        seq_len = rope_length or (cache.rope_length if cache is not None else t)
+        if positions is None:
+            positions = torch.arange(start, start + t, device=input_ids.device)
+        cos, sin = self.rotary(positions, seq_len)  # [T, D] each
+
+        h = self.model.embed_tokens(input_ids) * self.config.embedding_scale  # [B, T, C]
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, cache, start, self.sparse, segments)
+        if cache is not None:
+            cache.length = start + t
+        if last_only:
+            h = h[:, -1:]
+        return self.model.norm(h) / self.config.logit_divisor
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -311,22 +345,7 @@ class CausalLM(nn.Module):
         cache advances by T; without one they form a whole sequence starting at position 0.
         rope_length picks the LongRoPE factor set; by default the cache's, else T.
         """
-        t = input_ids.shape[1]
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + t > cache.capacity:
-            raise ValueError(f"KV cache holds {cache.capacity} positions; {start} used, {t} more requested")
-        seq_len = rope_length or (cache.rope_length if cache is not None else t)
-        positions = torch.arange(start, start + t, device=input_ids.device)
-        cos, sin = self.rotary(positions, seq_len)  # [T, D] each
-
-        h = self.model.embed_tokens(input_ids) * self.config.embedding_scale  # [B, T, C]
-        for layer in self.model.layers:
-            h = layer(h, cos, sin, cache, start, self.sparse)
-        if cache is not None:
-            cache.length = start + t
-        if last_logits_only:
-            h = h[:, -1:]
-        h = self.model.norm(h) / self.config.logit_divisor
+        h = self.hidden_states(input_ids, cache, rope_length, last_only=last_logits_only)
         rows = h.shape[0] * h.shape[1]
         if h.dtype == torch.float32 and h.device.type == "cpu" and 1 < rows <= FEW_QUERIES \
                 and type(self.lm_head) is nn.Linear:
