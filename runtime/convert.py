@@ -247,7 +247,7 @@ def convert_hf_to_gguf(
     def metadata(writer) -> None:
         _write_metadata(writer, config, vocab, folder.name, outtype)
 
-    _write_gguf(out_path, arch, metadata, plan, tensor_data, progress)
+    write_gguf(out_path, arch, metadata, plan, tensor_data, progress)
     return out_path
 
 
@@ -276,7 +276,7 @@ def retype_gguf(
         copy_metadata(source.reader, writer, skip={"general.file_type"})
         writer.add_file_type(FILE_TYPES[outtype])
 
-    _write_gguf(out_path, source.architecture, metadata, plan, lambda t, _: source._dequantize(t), progress)
+    write_gguf(out_path, source.architecture, metadata, plan, lambda t, _: source._dequantize(t), progress)
     return out_path
 
 
@@ -311,7 +311,7 @@ def _check_output(out_path: Path, outtype: str, force: bool) -> None:
         raise MiniCPMError(f"cannot write into {out_path.parent} (permission denied); choose another location")
 
 
-def _write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress) -> None:
+def write_gguf(out_path: Path, arch: str, metadata, plan, tensor_data, progress) -> None:
     """Stream a GGUF to out_path atomically.
 
     plan: (gguf name, shape [out, in] or [n], GGML type, handle) per tensor, in file order;

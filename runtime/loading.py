@@ -46,11 +46,14 @@ def choose_dtype(name: str, config: ModelConfig) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none", pack_ternary: bool = True) -> LoadedModel:
+def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none", pack_ternary: bool = True,
+                     adapter: str | None = None) -> LoadedModel:
     """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime; quant: none | int8 |
     int4 quantizes the linear layers' weights once they are loaded (runtime/quantize.py). A BitCPM
     checkpoint (ternary weights, fake-quantized) is recognised and packed to 2 bits per weight
-    (runtime/ternary.py) unless pack_ternary is False (the benchmark's unpacked reference)."""
+    (runtime/ternary.py) unless pack_ternary is False (the benchmark's unpacked reference).
+    adapter: a LoRA adapter (folder or shipped name, runtime/adapter.py) merged into the float
+    weights before any packing or quantization."""
     from runtime.quantize import QUANT_MODES, QuantizationError
 
     if quant not in QUANT_MODES:
@@ -85,6 +88,13 @@ def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none", 
         torch_dtype = choose_dtype(dtype, config)
         model = build_model(config, read_safetensors(safetensors_files(source.path)), torch_dtype)
     details.append(f"torch runtime in {str(model.dtype).removeprefix('torch.')}")
+    if adapter is not None:
+        from runtime.adapter import load_adapter, merge_adapter
+
+        lora = load_adapter(adapter, config)
+        merge_adapter(model, lora)
+        details.append(f"LoRA adapter {lora.path} (rank {lora.settings.r}, {len(lora.tensors)} projections) "
+                       "merged into the weights")
     from runtime import ternary
 
     groups = ternary.detect(model) if pack_ternary else None

@@ -37,6 +37,7 @@ class ChatOptions:
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
     quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
     speculative: str = "none"  # the torch backend's speculative decoding: none | lookup (runtime/speculative.py)
+    adapter: str | None = None  # a LoRA adapter folder or shipped name (runtime/adapter.py)
     context_length: int | None = None  # None: the model's own
     temperature: float = 0.7
     top_p: float = 1.0
@@ -61,6 +62,8 @@ class ChatOptions:
             problems.append(f"the context must be at least 16 tokens (got {self.context_length})")
         if not self.model.strip():
             problems.append("the model is empty ('default' is the embedded model)")
+        if self.adapter is not None and self.backend == "openai":
+            problems.append("a LoRA adapter applies to a local model (torch, gguf or auto backend), not a server")
         if self.backend == "openai" and not self.base_url:
             problems.append("the openai backend needs a server URL, e.g. http://127.0.0.1:8000/v1")
         try:
@@ -94,7 +97,8 @@ class ChatOptions:
 
     def load_key(self) -> tuple:
         """What decides which backend is loaded: chats that share it share the loaded model."""
-        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.context_length)
+        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.adapter,
+                self.context_length)
 
 
 class HostClosedError(MiniCPMError):
@@ -162,7 +166,7 @@ class ModelHost:
                 old.close()
             backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
                                          sparse=options.sparse, quant=options.quant, base_url=options.base_url,
-                                         speculative=options.speculative)
+                                         speculative=options.speculative, adapter=options.adapter)
             return backend
         finally:
             with self._state:

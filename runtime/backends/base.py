@@ -87,6 +87,7 @@ def load_backend(
     api_key: str | None = None,
     speculative: str = "none",
     draft_max: int = 8,
+    adapter: str | None = None,
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
 
@@ -95,22 +96,27 @@ def load_backend(
     quant: none | int8 | int4, the torch backend's weight quantization (runtime/quantize.py);
     speculative: none | lookup, the torch backend's speculative decoding, checking up to draft_max
     drafted tokens per forward (runtime/speculative.py);
-    base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY).
+    base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY);
+    adapter: a LoRA adapter folder or shipped name (runtime/adapter.py), torch and gguf backends.
     """
     if context_length is not None and context_length < 2:
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
     if threads is not None and threads < 1:
         raise MiniCPMError(f"--threads must be at least 1 (got {threads})")
+    if adapter is not None:  # a mistyped adapter fails before the model loads
+        from runtime.adapter import resolve_adapter
+
+        resolve_adapter(adapter)
     if name == "torch":
         from runtime.backends.torch_backend import TorchBackend
 
         return TorchBackend.load(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads,
                                  sparse=sparse, sparse_overrides=sparse_overrides, speculative=speculative,
-                                 draft_max=draft_max)
+                                 draft_max=draft_max, adapter=adapter)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
 
-        backend = GGUFBackend.load(model, context_length=context_length, threads=threads)
+        backend = GGUFBackend.load(model, context_length=context_length, threads=threads, adapter=adapter)
         if sparse == "on" or any(v is not None for v in (sparse_overrides or {}).values()):
             backend.notices.append("llama.cpp has no InfLLM v2 sparse attention: the gguf backend runs "
                                    "dense attention (use --backend torch for sparse)")
@@ -124,6 +130,9 @@ def load_backend(
     if name == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
 
+        if adapter is not None:
+            raise MiniCPMError("--adapter applies LoRA to a local model (torch or gguf backend); an openai server "
+                               "loads its adapters itself")
         backend = OpenAIBackend.load(model, base_url=base_url, api_key=api_key, context_length=context_length)
         if quant != "none":
             backend.notices.append(f"--quant {quant} is the torch backend's: the server runs the model as it loaded it")
@@ -136,5 +145,5 @@ def load_backend(
 
         return load_auto(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads, sparse=sparse,
                          sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key,
-                         speculative=speculative, draft_max=draft_max)
+                         speculative=speculative, draft_max=draft_max, adapter=adapter)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

@@ -50,7 +50,8 @@ class GGUFBackend(Backend):
         self.eos_text = self._piece(llm.token_eos())
 
     @classmethod
-    def load(cls, model: str | None, *, context_length: int | None = None, threads: int | None = None) -> GGUFBackend:
+    def load(cls, model: str | None, *, context_length: int | None = None, threads: int | None = None,
+             adapter: str | None = None) -> GGUFBackend:
         source = resolve_model(model)
         if source.format != "gguf":
             raise UnsupportedModelError(
@@ -61,11 +62,18 @@ class GGUFBackend(Backend):
             from llama_cpp import Llama
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); run ./setup.sh") from None
-        if context_length is None:
-            from runtime.gguf_model import GGUFModelFile
+        from runtime.gguf_model import GGUFModelFile
 
-            trained = GGUFModelFile(source.path).get("context_length") or DEFAULT_MAX_CONTEXT
+        gguf_file = GGUFModelFile(source.path)
+        if context_length is None:
+            trained = gguf_file.get("context_length") or DEFAULT_MAX_CONTEXT
             context_length = min(int(trained), DEFAULT_MAX_CONTEXT)
+        lora_path = None
+        if adapter is not None:  # llama.cpp takes LoRA as a GGUF adapter file, applied on the quantized weights
+            from runtime.adapter import gguf_adapter_file, load_adapter
+
+            config = gguf_file.config()
+            lora_path = str(gguf_adapter_file(load_adapter(adapter, config), config, gguf_file.architecture))
         threads = threads or os.cpu_count()
         try:
             llm = Llama(
@@ -73,6 +81,7 @@ class GGUFBackend(Backend):
                 n_ctx=context_length,
                 n_threads=threads,
                 n_threads_batch=threads,
+                lora_path=lora_path,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -80,6 +89,10 @@ class GGUFBackend(Backend):
                 f"llama.cpp cannot load {source.path} ({exc}); the file is corrupt or its architecture is "
                 "unknown to this llama.cpp build"
             ) from None
+        if adapter is not None:
+            from runtime.adapter import adapter_name
+
+            return cls(llm, f"{source.label} + LoRA {adapter_name(adapter)}")
         return cls(llm, source.label)
 
     def _piece(self, token: int) -> str:

@@ -40,14 +40,15 @@ class TorchBackend(Backend):
     @classmethod
     def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
              sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
-             draft_max: int = 8) -> TorchBackend:
+             draft_max: int = 8, adapter: str | None = None) -> TorchBackend:
+        from runtime.adapter import adapter_name
         from runtime.sparse_attention import describe, resolve_sparse
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        loaded = load_torch_model(model, dtype=dtype, quant=quant)
+        loaded = load_torch_model(model, dtype=dtype, quant=quant, adapter=adapter)
         settings, notes = resolve_sparse(sparse, loaded.config, sparse_overrides)
         loaded.model.sparse = settings
         loaded.notices.extend(notes)
@@ -56,7 +57,10 @@ class TorchBackend(Backend):
             report_sparse_path()
         if speculative != "none":
             loaded.details.append(f"speculative decoding: {speculative}, up to {draft_max} draft tokens per forward")
-        return cls(loaded, context_length, speculative, draft_max)
+        backend = cls(loaded, context_length, speculative, draft_max)
+        if adapter is not None:
+            backend.model_label += f" + LoRA {adapter_name(adapter)}"
+        return backend
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.loaded.tokenizer.encode(text, add_bos=None if add_bos else False)

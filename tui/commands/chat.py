@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
     parser.add_argument("--speculative", choices=("none", "lookup"), default=None,
                         help="prompt-lookup drafts for a new chat on the torch backend (runtime/speculative.py)")
+    parser.add_argument("--adapter", default=None, metavar="DIR|NAME",
+                        help="a LoRA adapter for a new chat: a PEFT folder (`minicpm train sft`) or a shipped one, "
+                             "e.g. smollm2-mcp (the embedded model's MCP tool-call fine-tune)")
     parser.add_argument("--system", default=None, help="the system prompt of a new chat")
     parser.add_argument("--tools", default=None, metavar="SERVERS",
                         help="comma-separated MCP servers a new chat may use, e.g. calc,clock")
@@ -94,7 +97,7 @@ def new_chat_options(options, args: argparse.Namespace):
         changes["model"] = args.model
         if args.backend is None:
             changes["backend"] = "auto"
-    for name in ("backend", "base_url", "sparse", "quant", "speculative"):
+    for name in ("backend", "base_url", "sparse", "quant", "speculative", "adapter"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_url is not None and args.backend is None:

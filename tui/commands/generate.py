@@ -35,6 +35,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
                              "faster where the reply copies its input (runtime/speculative.py)")
     parser.add_argument("--draft-max", type=int, default=8, metavar="N",
                         help="most draft tokens checked per forward with --speculative (default: 8)")
+    parser.add_argument("--adapter", default=None, metavar="DIR|NAME",
+                        help="a LoRA adapter (PEFT folder, e.g. from `minicpm train sft`, or a shipped one: "
+                             "smollm2-mcp, the embedded model's MCP tool-call fine-tune); torch merges it, "
+                             "llama.cpp applies it")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
                         help="context window in tokens, prompt plus output (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
               "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           speculative=args.speculative, draft_max=args.draft_max)
+                           speculative=args.speculative, draft_max=args.draft_max, adapter=args.adapter)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:
