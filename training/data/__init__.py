@@ -1,0 +1,1 @@
+"""Training data builders: MCP tool-call trajectories and survey-writing samples."""
