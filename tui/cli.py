@@ -25,6 +25,7 @@ COMMANDS = {
     "corpus": ("corpus", "ingest / search / stats for the paper corpus"),
     "agent": ("agent", "one MCP tool-agent session in the terminal"),
     "mcp": ("mcp", "run a built-in MCP server over stdio; list configured servers and tools"),
+    "train": ("train", "fine-tune the torch model: sft (full or LoRA) or rl (GRPO, chunk-wise rollout)"),
 }
 
 

@@ -23,6 +23,8 @@ BENCHMARKS = {
     "speculative": "--speculative lookup against plain decoding and llama.cpp's prompt lookup: decode tok/s per task",
     "ternary": "BitCPM ternary weights packed to 2 bits against their bf16 form: bytes, decode tok/s, agreement",
     "infllm_cuda": "InfLLM v2 CUDA kernels against SDPA flash (needs a GPU): kernel time at 32K-128K, 8B-shape decode tok/s",
+    "finetune_mcp": "the embedded model's MCP LoRA fine-tune on held-out tools: func/param/value before and after",
+    "rl_rollout": "GRPO time per step: chunk-wise rollout against whole-trajectory rollout on the embedded model",
     "tui_latency": "`minicpm chat` in a real terminal (tmux): start-up to a prompt, keystroke echo idle and while streaming",
 }
 
