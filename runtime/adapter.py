@@ -59,6 +59,16 @@ def shipped_adapters() -> list[str]:
     return sorted(p.name for p in SHIPPED.iterdir() if (p / CONFIG_FILE).is_file()) if SHIPPED.is_dir() else []
 
 
+def adapter_dialect(ref: str) -> str | None:
+    """The tool-call dialect an adapter was trained on (its config's DIALECT_KEY), if it says."""
+    try:
+        config = json.loads((resolve_adapter(ref) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get(DIALECT_KEY) if isinstance(config, dict) else None
+    return value if value in ("minicpm", "hermes") else None
+
+
 def adapter_name(ref: str) -> str:
     """How the user named the adapter, short: a shipped name, or the folder's name."""
     return Path(ref).name or str(ref)
@@ -76,12 +86,18 @@ def resolve_adapter(ref: str) -> Path:
                        + (f" (shipped: {', '.join(names)})" if names else ""))
 
 
+# Our key in adapter_config.json (PEFT ignores keys it does not know): the tool-call dialect the
+# adapter was fine-tuned on, which the backends then use when a caller names none.
+DIALECT_KEY = "minicpm_tool_dialect"
+
+
 @dataclass
 class Adapter:
     settings: LoRASettings
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], B [out, r])
     base_model: str | None
     path: Path
+    dialect: str | None = None
 
 
 def read_adapter(folder: Path) -> Adapter:
@@ -145,7 +161,9 @@ def read_adapter(folder: Path) -> Adapter:
     if unknown:
         raise AdapterError(f"{folder.name} adapts {', '.join(unknown)}; the runtime applies LoRA to {', '.join(TARGETS)} only")
     settings = LoRASettings(r=r, alpha=alpha, dropout=0.0, targets=tuple(t for t in TARGETS if t in targets))
-    return Adapter(settings, tensors, config.get("base_model_name_or_path"), folder)
+    dialect = config.get(DIALECT_KEY)
+    return Adapter(settings, tensors, config.get("base_model_name_or_path"), folder,
+                   dialect if dialect in ("minicpm", "hermes") else None)
 
 
 def merge_adapter(model: nn.Module, adapter: Adapter) -> int:

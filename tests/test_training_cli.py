@@ -23,6 +23,11 @@ def test_train_sft_then_generate_with_the_adapter(tmp_path, tiny_llama, capsys):
                  "--max-tokens", "4", "--temperature", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"].endswith("+ LoRA adapter")
+    # the adapter was trained on MiniCPM4-MCP's dialect, so tool calls default to it with the adapter on
+    from runtime.backends.base import load_backend
+
+    assert load_backend("torch", str(tiny_llama), adapter=summary["adapter"]).default_dialect == "minicpm"
+    assert load_backend("torch", str(tiny_llama)).default_dialect is None
 
 
 def test_train_rl_on_tool_calls(tmp_path, tiny_llama, capsys):

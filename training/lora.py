@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.adapter import ATTENTION, CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE, AdapterError, LoRASettings
+from runtime.adapter import ATTENTION, CONFIG_FILE, DIALECT_KEY, PEFT_PREFIX, WEIGHTS_FILE, AdapterError, LoRASettings
 
 
 class LoRALinear(nn.Module):
@@ -101,7 +101,7 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, settings: LoRASettings, folder: Path, base_model: str,
-                 dtype: torch.dtype = torch.float32) -> Path:
+                 dtype: torch.dtype = torch.float32, dialect: str | None = None) -> Path:
     """Write adapter_config.json and adapter_model.safetensors (atomically, each)."""
     from safetensors.torch import save
 
@@ -115,6 +115,8 @@ def save_adapter(model: nn.Module, settings: LoRASettings, folder: Path, base_mo
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": settings.r, "lora_alpha": settings.alpha,
               "lora_dropout": settings.dropout, "target_modules": list(settings.targets), "bias": "none",
               "fan_in_fan_out": False, "base_model_name_or_path": base_model}
+    if dialect:  # the runtime then renders and parses tool calls the way the adapter learned them
+        config[DIALECT_KEY] = dialect
     atomic_write_bytes(folder / WEIGHTS_FILE, save({k: v.to(dtype) for k, v in state.items()}))
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder

@@ -291,7 +291,7 @@ def write_outputs(cfg: SFTConfig, model, tokenizer, settings, base_label: str, l
     out, written = Path(cfg.out), {}
     if "adapter" in cfg.outputs:
         dtype = torch.float16 if cfg.adapter_dtype == "float16" else torch.float32
-        written["adapter"] = str(lora.save_adapter(model, settings, out / "adapter", cfg.model, dtype))
+        written["adapter"] = str(lora.save_adapter(model, settings, out / "adapter", cfg.model, dtype, cfg.dialect))
         log(f"adapter -> {written['adapter']}")
     if "merged" in cfg.outputs or "gguf" in cfg.outputs:
         model = model.cpu()

@@ -24,6 +24,9 @@ class Backend(ABC):
     chat_template: str | None = None  # jinja source; None on a remote server (it applies its own)
     stop_token_ids: set[int] = set()  # ids that end a generation (local backends)
     details: list[str]  # how it was loaded, for --verbose (dtype, dequantized weights, threads)
+    # The tool-call dialect when a caller names none: set by an adapter fine-tuned on one
+    # (runtime/adapter.py); None lets the chat template decide.
+    default_dialect: str | None = None
 
     @abstractmethod
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
@@ -58,15 +61,16 @@ class Backend(ABC):
         """Stream the assistant's reply to messages (OpenAI shape, see runtime/messages.py).
 
         tools: OpenAI function tools; tool_choice: "auto", "none", "required" or
-        {"type": "function", "function": {"name": ...}}; dialect: minicpm | hermes (None: from the
-        chat template); constrained: write tool calls under their JSON schemas. The last event
+        {"type": "function", "function": {"name": ...}}; dialect: minicpm | hermes (None: the
+        adapter's, else from the chat template); constrained: write tool calls under their JSON schemas. The last event
         carries the parsed tool calls. template_kwargs reach the chat template.
         Raises InvalidRequestError (bad messages or tools) and ContextLengthError before the first event.
         """
         from runtime.tool_calls.local import local_chat
 
-        return local_chat(self, messages, params, tools=tools, tool_choice=tool_choice, dialect=dialect,
-                          constrained=constrained, template_kwargs=template_kwargs)
+        return local_chat(self, messages, params, tools=tools, tool_choice=tool_choice,
+                          dialect=dialect or self.default_dialect, constrained=constrained,
+                          template_kwargs=template_kwargs)
 
     def complete(self, prompt: str, params: SamplingParams) -> Iterator[GenerationEvent]:
         """Stream a continuation of raw text, without the chat template."""

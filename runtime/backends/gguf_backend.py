@@ -90,9 +90,11 @@ class GGUFBackend(Backend):
                 "unknown to this llama.cpp build"
             ) from None
         if adapter is not None:
-            from runtime.adapter import adapter_name
+            from runtime.adapter import adapter_dialect, adapter_name
 
-            return cls(llm, f"{source.label} + LoRA {adapter_name(adapter)}")
+            backend = cls(llm, f"{source.label} + LoRA {adapter_name(adapter)}")
+            backend.default_dialect = adapter_dialect(adapter)
+            return backend
         return cls(llm, source.label)
 
     def _piece(self, token: int) -> str:

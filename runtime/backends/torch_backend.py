@@ -41,7 +41,7 @@ class TorchBackend(Backend):
     def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
              sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
              draft_max: int = 8, adapter: str | None = None) -> TorchBackend:
-        from runtime.adapter import adapter_name
+        from runtime.adapter import adapter_dialect, adapter_name
         from runtime.sparse_attention import describe, resolve_sparse
 
         if threads:
@@ -60,6 +60,7 @@ class TorchBackend(Backend):
         backend = cls(loaded, context_length, speculative, draft_max)
         if adapter is not None:
             backend.model_label += f" + LoRA {adapter_name(adapter)}"
+            backend.default_dialect = adapter_dialect(adapter)
         return backend
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
