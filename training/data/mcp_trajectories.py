@@ -13,7 +13,8 @@ Each trajectory is what the model should do for one request (upstream-apps.md se
 The requests, their calls and the fixture they run against are benchmarks/build_mcp_eval.py's
 (templated requests with literal values, every call schema-checked and executed against the real
 server over a fresh copy of the fixture); this builder keeps the final result too and writes the
-whole trajectory. Split by tool: the tools in HELD_OUT never appear in train.jsonl, and
+whole trajectory. Split by tool: the tools in HELD_OUT never appear in train.jsonl (not even as
+an earlier step of a multi-step request: those requests are left out), and
 heldout.jsonl holds their samples in mcp_eval's format (benchmarks/mcp_eval.py scores them), so
 the held-out numbers measure calling tools the model was never trained on.
 """
@@ -117,6 +118,8 @@ async def build(variants: int = 2, log=print) -> tuple[list[dict[str, Any]], lis
                 finally:
                     shutil.rmtree(work)
                 sample_id = f"{server}-{case.tool}-{n:03d}"
+                if any(tool == HELD_OUT.get(server) for tool, _ in case.history):
+                    continue  # a multi-step request whose earlier step calls a held-out tool would teach it
                 if case.tool == HELD_OUT.get(server):
                     heldout.append({"id": sample_id, "server": server, "tools": tools,
                                     "messages": messages_for(case, results[:-1], systems[n % len(systems)]),
