@@ -183,27 +183,33 @@ def group_advantages(rewards: list[float]) -> list[float]:
     return [(r - mean) / (std + 1e-6) for r in rewards]
 
 
-def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                ref_logp: torch.Tensor | None, cfg: RLConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-level clipped surrogate with Clip-Higher and dual-clip, plus the k3 KL to the reference.
-    All tensors [N] over the generated tokens of the batch."""
+def policy_terms(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                 ref_logp: torch.Tensor | None, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token loss: the clipped surrogate with Clip-Higher and dual-clip, negated, plus kl_coef
+    times the k3 estimate of KL to the reference. All tensors [N] over generated tokens.
+    Returns (loss terms, KL terms, clipped mask)."""
     ratio = torch.exp(new_logp - old_logp)
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * advantages)
     # dual-clip: a negative advantage with a huge ratio would push without bound; cap at dual_clip * A
     surrogate = torch.where(advantages < 0, torch.maximum(surrogate, cfg.dual_clip * advantages), surrogate)
-    loss = -surrogate.mean()
-    kl = torch.zeros(())
+    kl = torch.zeros_like(surrogate)
     if ref_logp is not None and cfg.kl_coef > 0:
         delta = ref_logp - new_logp
-        kl = (torch.exp(delta) - delta - 1).mean()
-        loss = loss + cfg.kl_coef * kl
-    clipped = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float().mean()
-    return loss, {"kl": kl.item(), "clip_fraction": clipped.item(), "ratio_max": ratio.max().item()}
+        kl = torch.exp(delta) - delta - 1
+    clipped = (ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)
+    return -surrogate + cfg.kl_coef * kl, kl.detach(), clipped
+
+
+def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                ref_logp: torch.Tensor | None, cfg: RLConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The token-level mean of policy_terms, with its KL and clip fraction."""
+    terms, kl, clipped = policy_terms(new_logp, old_logp, advantages, ref_logp, cfg)
+    return terms.mean(), {"kl": kl.mean().item(), "clip_fraction": clipped.float().mean().item()}
 
 
 def trajectories_log_probs(model, batch: list[Trajectory], device, temperature: float) -> torch.Tensor:
     """Log-probabilities (at the sampling temperature) of every generated token of the batch under
-    the model, in batch order."""
+    the model, in batch order; one forward per trajectory."""
     examples = [Example(t.prompt + t.tokens, [False] * len(t.prompt) + [True] * len(t.tokens)) for t in batch]
     out = []
     for example in examples:  # one row each: packing would reorder them
@@ -323,18 +329,28 @@ def train_rl(model, task: Task, cfg: RLConfig, log=print, on_trained: Callable[[
                                      sum(rewards) / len(rewards) if rewards else None, len(active), generated, steps,
                                      row_steps - generated, round(sampling, 3), 0.0)
             if batch:
+                # One trajectory's graph at a time (gradients accumulate), each token weighing 1 / N:
+                # the token-level mean over the batch without holding every trajectory's activations.
                 model.train()
-                ref_logp = reference.log_probs(model, batch, device, cfg.temperature) if cfg.kl_coef > 0 else None
-                with autocast:
-                    new_logp = trajectories_log_probs(model, batch, device, cfg.temperature)
-                old = torch.tensor([lp for t in batch for lp in t.old_logp], device=device)
-                adv = torch.tensor(advantages, device=device)
-                loss, stats = policy_loss(new_logp.float(), old, adv, ref_logp, cfg)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                n_tokens = sum(len(t.tokens) for t in batch)
+                loss_sum = kl_sum = clipped_sum = 0.0
+                offset = 0
+                for t in batch:
+                    ref_logp = reference.log_probs(model, [t], device, cfg.temperature) if cfg.kl_coef > 0 else None
+                    with autocast:
+                        new_logp = trajectories_log_probs(model, [t], device, cfg.temperature)
+                    old = torch.tensor(t.old_logp, device=device)
+                    adv = torch.tensor(advantages[offset : offset + len(t.tokens)], device=device)
+                    offset += len(t.tokens)
+                    terms, kl, clipped = policy_terms(new_logp.float(), old, adv, ref_logp, cfg)
+                    (terms.sum() / n_tokens).backward()
+                    loss_sum, kl_sum = loss_sum + terms.sum().item(), kl_sum + kl.sum().item()
+                    clipped_sum += clipped.sum().item()
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
-                record.loss, record.kl, record.clip_fraction = loss.item(), stats["kl"], stats["clip_fraction"]
+                record.loss, record.kl = loss_sum / n_tokens, kl_sum / n_tokens
+                record.clip_fraction = clipped_sum / n_tokens
             record.training_seconds = round(time.perf_counter() - started, 3)
             if (iteration + 1) % cfg.ref_refresh == 0:
                 reference.refresh()

@@ -268,12 +268,11 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
             with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.update(task, advance=1, loss=f"{total_loss:.3f}", speed=f"{tokens / seconds:.0f}")
-            if step % cfg.save_every == 0 or step == total:
+            stopping = stop_after is not None and stop_after <= step < total
+            if step % cfg.save_every == 0 or step == total or stopping:
                 checkpoint.save(model, optimizer, {"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed,
                                                    "fingerprint": print_, "total": total})
-            if stop_after is not None and step >= stop_after and step < total:
-                checkpoint.save(model, optimizer, {"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed,
-                                                   "fingerprint": print_, "total": total})
+            if stopping:
                 log(f"stopped after step {step} of {total}; run the same command again to resume")
                 return {"steps": step, "stopped": True, "checkpoint": str(checkpoint.folder)}
     model.eval()
