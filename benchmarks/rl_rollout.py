@@ -4,7 +4,7 @@
 
 Both runs train the same groups (the first --groups prompts of the MCP training trajectories, as
 tool-call prompts with their verifiable reward), with the same seeds, LoRA on the embedded
-SmolLM2-135M, until every started group has been trained. Whole-trajectory rollout is chunk =
+SmolLM2-135M with the shipped MCP adapter merged in, until every started group has been trained. Whole-trajectory rollout is chunk =
 max_response: each iteration samples until its longest trajectory ends, finished rows riding along
 idle. Chunk-wise rollout samples at most --chunk tokens per trajectory per iteration and carries
 the unfinished ones over. Reported per mode: iterations, mean seconds per step (sampling +
@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-groups", type=int, default=2, help="groups per rollout batch (2)")
     parser.add_argument("--chunk", type=int, default=32, help="chunk-wise mode's tokens per iteration (32)")
     parser.add_argument("--max-response", type=int, default=96, help="most tokens per trajectory (96)")
+    parser.add_argument("--start-adapter", default="smollm2-mcp",
+                        help="adapter merged into the policy first (default: the shipped MCP fine-tune; from the base "
+                             "model nearly every reward is 0 and groups without signal are not trained)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS / "rl_rollout.json", help="where to write the JSON")
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     commit = source_version("training", "runtime", "benchmarks")
     rows = []
     for mode, chunk in (("whole", args.max_response), ("chunk-wise", args.chunk)):
-        loaded = load_torch_model("default", dtype="float32")
+        loaded = load_torch_model("default", dtype="float32", adapter=args.start_adapter)
         cfg = RLConfig(out="unused", data=str(args.data), group_size=args.group_size, batch_groups=args.batch_groups,
                        chunk=chunk, max_response=args.max_response, iterations=10_000, max_groups=args.groups,
                        lr=1e-5, kl_coef=0.001, temperature=1.0, limit=args.groups)

@@ -75,6 +75,7 @@ class RLConfig:
     task: str = "tool_calls"  # tool_calls | survey
     data: str | None = None  # the task's samples (JSONL; see training/tasks.py)
     model: str = "default"
+    start_adapter: str | None = None  # merged into the model first: RL from an SFT adapter (folder or shipped name)
     method: str = "lora"  # lora | full
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     dialect: str | None = "minicpm"
@@ -378,7 +379,7 @@ def run_rl(cfg: RLConfig, log=print, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    loaded = load_torch_model(cfg.model, dtype="float32")
+    loaded = load_torch_model(cfg.model, dtype="float32", adapter=cfg.start_adapter)
     model, tokenizer = loaded.model.to(device), loaded.tokenizer
     task = build_task(cfg, tokenizer)
     settings = LoRASettings(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
