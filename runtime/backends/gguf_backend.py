@@ -62,9 +62,10 @@ class GGUFBackend(Backend):
             from llama_cpp import Llama
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); run ./setup.sh") from None
-        from runtime.gguf_model import GGUFModelFile
+        if context_length is None or adapter is not None:
+            from runtime.gguf_model import GGUFModelFile  # imports torch: only when needed
 
-        gguf_file = GGUFModelFile(source.path)
+            gguf_file = GGUFModelFile(source.path)
         if context_length is None:
             trained = gguf_file.get("context_length") or DEFAULT_MAX_CONTEXT
             context_length = min(int(trained), DEFAULT_MAX_CONTEXT)
