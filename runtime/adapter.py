@@ -117,9 +117,9 @@ def read_adapter(folder: Path) -> Adapter:
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{folder / CONFIG_FILE}: only LoRA adapters are supported (peft_type {config.get('peft_type')!r})"
                            if isinstance(config, dict) else f"{folder / CONFIG_FILE} does not hold a JSON object")
-    for flag in ("use_dora", "use_rslora"):
-        if config.get(flag):
-            raise AdapterError(f"{folder.name}: {flag} adapters are not supported")
+    for flag in ("use_dora", "use_rslora", "alpha_pattern", "rank_pattern"):
+        if config.get(flag):  # per-module ranks or scales would merge with the wrong scale
+            raise AdapterError(f"{folder.name}: adapters with {flag} are not supported")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{folder.name}: adapters with trained biases are not supported (bias={config['bias']!r})")
     try:
@@ -218,7 +218,8 @@ def gguf_adapter_file(adapter: Adapter, config, arch: str) -> Path:
     for name in sorted(adapter.tensors):
         a, b = adapter.tensors[name]
         digest.update(name.encode() + a.numpy().tobytes() + b.numpy().tobytes())
-    digest.update(f"{adapter.settings.alpha}/{adapter.settings.r}".encode())
+    digest.update(f"{adapter.settings.alpha}/{adapter.settings.r}/{config.num_attention_heads}/"
+                  f"{config.num_key_value_heads}".encode())  # the q/k permutation depends on the heads
     path = data_path("adapters", f"{adapter.path.name}-{digest.hexdigest()[:12]}.gguf")
     if not path.is_file():
         adapter_to_gguf(adapter, config, arch, path)

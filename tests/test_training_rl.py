@@ -95,4 +95,6 @@ def test_group_advantages_are_centred_and_scaled():
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="group_size"):
         RLConfig(out="x", group_size=1)
+    with pytest.raises(ValueError, match="delta on top of it"):  # that adapter would drop the start adapter
+        RLConfig(out="x", start_adapter="smollm2-mcp", outputs=("adapter",))
     assert dataclasses.replace(RLConfig(out="x"), chunk=8).chunk == 8

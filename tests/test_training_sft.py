@@ -124,10 +124,15 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, tiny_llama):
     cfg = sft_config(tmp_path / "b", tiny_llama, **common)
     stopped = train_sft(cfg, log=lambda _: None, progress=False, stop_after=3)
     assert stopped["stopped"] and not (tmp_path / "b" / "run" / "adapter").exists()
+    log_file = tmp_path / "b" / "run" / "log.jsonl"
+    with open(log_file, "a") as handle:  # a step that ran after the checkpoint, then the process died
+        handle.write(json.dumps({"step": 4, "loss": 9.9}) + "\n")
     messages = []
     resumed = train_sft(cfg, log=messages.append, progress=False)
     assert any("resuming at step 3" in m for m in messages)
     assert resumed["steps"] == whole["steps"]
+    steps = [json.loads(line)["step"] for line in log_file.read_text().splitlines()]
+    assert steps == list(range(1, whole["steps"] + 1))  # step 4 logged once, by the resumed run
     a, b = read_adapter(Path(whole["adapter"])), read_adapter(Path(resumed["adapter"]))
     for name, (wa, wb) in a.tensors.items():
         torch.testing.assert_close(b.tensors[name][0], wa, atol=1e-6, rtol=1e-5)
@@ -182,9 +187,17 @@ def test_gguf_backend_applies_the_adapter_as_the_torch_runtime_merges_it(tmp_pat
 
 
 def test_adapters_for_another_model_are_refused(tmp_path, tiny_llama, tiny_minicpm):
+    from tiny_checkpoint import make_checkpoint
+
     model = load_hf_checkpoint(tiny_llama, torch.float32)
     lora.add_lora(model, LoRASettings(r=2, alpha=2, targets=("q_proj",)))
     folder = lora.save_adapter(model, LoRASettings(r=2, alpha=2, targets=("q_proj",)), tmp_path / "ad", "x")
+    narrow = make_checkpoint(tmp_path / "narrow", minicpm=False, hidden_size=64)
+    with pytest.raises(AdapterError, match="q_proj is 128x128 in the adapter but 64x64 in the model"):
+        load_torch_model(str(narrow), adapter=str(folder))
+    shallow = make_checkpoint(tmp_path / "shallow", minicpm=False, num_hidden_layers=1)
+    with pytest.raises(AdapterError, match="layers.1.self_attn.q_proj, which this model lacks"):
+        load_torch_model(str(shallow), adapter=str(folder))
     other = load_hf_checkpoint(tiny_minicpm, torch.float32)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 3}))
     with pytest.raises(AdapterError, match="not rank 3"):
@@ -206,6 +219,9 @@ def test_config_files_are_checked_key_by_key(tmp_path):
         load_config(SFTConfig, path)
     path.write_text("data: d.jsonl\nout: run\nmethod: qlora\n")
     with pytest.raises(ConfigError, match="method must be lora or full"):
+        load_config(SFTConfig, path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(SFTConfig, path)
     path.write_text("data: d.jsonl\nout: run\n")
     cfg = load_config(SFTConfig, path)

@@ -93,13 +93,20 @@ def load_config(cls: type[T], path: Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"config {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys (data: ..., out: ...), not a {type(raw).__name__}")
     raw = dict(raw or {})
     raw.update(overrides or {})
     for name in getattr(cls, "PATH_FIELDS", ()):
         value = raw.get(name)
-        if isinstance(value, str) and value not in ("", "default") and not Path(value).is_absolute() \
-                and not value.startswith("hf:"):
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            raw[name] = str((path.parent / value).resolve())
+    for name in getattr(cls, "MAYBE_PATH_FIELDS", ()):  # a model or adapter: a path only if one exists there
+        value = raw.get(name)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (path.parent / value).exists():
             raw[name] = str((path.parent / value).resolve())
     return from_mapping(cls, raw, path.name)

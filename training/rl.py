@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from contextlib import nullcontext
+
 import torch
 
 from training.batches import Example, TrainingDataError, pack, token_log_probs
@@ -70,6 +72,7 @@ class Trajectory:
 @dataclass
 class RLConfig:
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data", "out")
+    MAYBE_PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model", "start_adapter")
 
     out: str
     task: str = "tool_calls"  # tool_calls | survey
@@ -98,7 +101,6 @@ class RLConfig:
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
-    save_every: int = 5
     outputs: tuple[str, ...] = ("adapter",)
     adapter_dtype: str = "float16"
     gguf_outtype: str = "f16"
@@ -117,10 +119,12 @@ class RLConfig:
             (self.dual_clip > 1, "dual_clip must be above 1"),
             (self.kl_coef >= 0, "kl_coef must not be negative"),
             (self.ref_refresh >= 1, "ref_refresh must be at least 1"),
-            (self.save_every >= 1, "save_every must be at least 1"),
             (self.precision in ("auto", "float32", "bfloat16"), "precision must be auto, float32 or bfloat16"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.method == "lora" or "adapter" not in self.outputs, "a full fine-tune has no adapter output"),
+            (self.start_adapter is None or "adapter" not in self.outputs,
+             "with start_adapter the new LoRA is a delta on top of it, not an adapter for the base model; "
+             "ask for outputs: [merged] (the model with both), or [merged, gguf]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -279,7 +283,9 @@ def train_rl(model, task: Task, cfg: RLConfig, log=print, on_trained: Callable[[
         raise TrainingDataError("the model has no trainable parameters (add LoRA or use method: full)")
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     reference = Reference(model)
-    autocast = autocast_for(cfg.precision, device)
+    # Rollout, reference and update score tokens in the same precision: a bfloat16 update against
+    # float32 rollout log-probs would make the ratio differ from 1 on-policy (spurious clipping).
+    autocast = autocast_for(cfg.precision, device) if cfg.precision == "bfloat16" else nullcontext()
     active: list[Trajectory] = []
     next_group = 0
     records: list[IterationRecord] = []

@@ -47,6 +47,7 @@ class LoRAConfig:
 @dataclass
 class SFTConfig:
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data", "out")
+    MAYBE_PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model",)
 
     data: str  # JSONL of conversations
     out: str  # run folder: checkpoint, log, outputs
@@ -123,7 +124,7 @@ def fingerprint(cfg: SFTConfig, data_bytes: bytes) -> str:
     """What a checkpoint was trained on: the data and every setting that changes the run (not the
     outputs or the save cadence, which may change between resumes)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("out", "outputs", "save_every", "threads", "gguf_outtype", "adapter_dtype", "max_steps")}
+                if k not in ("out", "outputs", "save_every", "threads", "gguf_outtype", "adapter_dtype")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(hashlib.sha256(data_bytes).digest())
     return digest.hexdigest()[:16]
@@ -151,6 +152,9 @@ class Checkpoint:
 
     @property
     def exists(self) -> bool:
+        old = self.folder.with_name(f".{self.folder.name}.old")
+        if not self.folder.exists() and (old / "state.json").is_file():
+            old.rename(self.folder)  # a crash between replace_folder's two renames: the last good one
         return (self.folder / "state.json").is_file()
 
     def save(self, model, optimizer, state: dict[str, Any]) -> None:
@@ -166,6 +170,10 @@ class Checkpoint:
         trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(staging / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        rng = {"cpu": torch.get_rng_state()}  # dropout masks continue as in an uninterrupted run
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, staging / "rng.pt")
         (staging / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
         replace_folder(staging, self.folder)
 
@@ -178,6 +186,10 @@ class Checkpoint:
             with torch.no_grad():
                 params[name].copy_(tensor)
         optimizer.load_state_dict(torch.load(self.folder / "optimizer.pt", weights_only=True))
+        rng = torch.load(self.folder / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         return state
 
 
@@ -191,8 +203,9 @@ def row_loss(model, row: PackedRow, device: torch.device, autocast) -> torch.Ten
 
 def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) the fine-tune cfg describes; returns a summary with the outputs' paths.
-    stop_after: leave after that step's checkpoint without writing outputs (an interrupted run;
-    running again resumes), as `minicpm train sft --stop-after N` does for time-boxed sessions."""
+    stop_after: leave after that many steps of this call, checkpointed, without writing outputs (an
+    interrupted run; running again resumes), as `minicpm train sft --stop-after N` does."""
+    from runtime.atomic import atomic_write_text
     from runtime.loading import load_torch_model
     from training import lora
 
@@ -228,6 +241,11 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
         state = checkpoint.load(model, optimizer)
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         log(f"resuming at step {step} of {total} from {checkpoint.folder}")
+        log_file = out / "log.jsonl"
+        if log_file.is_file():  # steps logged after the checkpoint are trained again: log them once
+            kept = [line for line in log_file.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            atomic_write_text(log_file, "".join(line + "\n" for line in kept))
     n_trainable = sum(p.numel() for p in trainable)
     log(f"{cfg.method} fine-tune of {loaded.source.label}: {len(examples)} samples in {len(rows)} packed rows "
         f"of <= {cfg.max_tokens} tokens, {sum(e.targets for e in examples)} target tokens; {total} steps of "
@@ -236,6 +254,7 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
     model.train()
     autocast = autocast_for(cfg.precision, device)
     out.mkdir(parents=True, exist_ok=True)
+    first_step = step
     losses: list[float] = []
     bar = _progress(progress)
     with bar:
@@ -268,7 +287,7 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
             with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.update(task, advance=1, loss=f"{total_loss:.3f}", speed=f"{tokens / seconds:.0f}")
-            stopping = stop_after is not None and stop_after <= step < total
+            stopping = stop_after is not None and stop_after <= step - first_step and step < total
             if step % cfg.save_every == 0 or step == total or stopping:
                 checkpoint.save(model, optimizer, {"step": step, "tokens_seen": tokens_seen, "elapsed": elapsed,
                                                    "fingerprint": print_, "total": total})

@@ -42,8 +42,12 @@ def build_task(cfg: RLConfig, tokenizer) -> Task:
             text = render_conversation(tokenizer, messages[:last], None, None, add_generation_prompt=True)
             prompts.append(Prompt(tokenizer.encode(text), {"retrieved": list(row.get("retrieved") or [])}))
     if cfg.task == "tool_calls":
+        from runtime.tool_calls.local import choose_dialect
+
+        dialect = choose_dialect(cfg.dialect, tokenizer.chat_template)[0].name  # the one the prompts were rendered in
+
         def reward(prompt: Prompt, completion: str) -> float:
-            return tool_call_reward(completion, prompt.meta["expected"], prompt.meta["tools"], cfg.dialect or "minicpm")
+            return tool_call_reward(completion, prompt.meta["expected"], prompt.meta["tools"], dialect)
     else:
         def reward(prompt: Prompt, completion: str) -> float:
             return survey_reward(completion, prompt.meta["retrieved"])

@@ -13,8 +13,9 @@ Each trajectory is what the model should do for one request (upstream-apps.md se
 The requests, their calls and the fixture they run against are benchmarks/build_mcp_eval.py's
 (templated requests with literal values, every call schema-checked and executed against the real
 server over a fresh copy of the fixture); this builder keeps the final result too and writes the
-whole trajectory. Split by tool: the tools in HELD_OUT never appear in train.jsonl (not even as
-an earlier step of a multi-step request: those requests are left out), and
+whole trajectory. Split by tool: no trajectory in train.jsonl calls a tool in HELD_OUT (not even
+as an earlier step of a multi-step request: those requests are left out; the tool listings still
+show every tool of the server, as at run time), and
 heldout.jsonl holds their samples in mcp_eval's format (benchmarks/mcp_eval.py scores them), so
 the held-out numbers measure calling tools the model was never trained on.
 """

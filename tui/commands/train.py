@@ -4,8 +4,9 @@
     minicpm train rl  --config training/configs/smollm2_mcp_rl.yaml
 
 Everything about a run lives in its YAML config (training/configs/ has examples; training/sft.py
-and training/rl.py list every key). A run writes into its `out` folder: checkpoints (running the
-same command again resumes), log.jsonl, summary.json, and the adapter / merged model / GGUF asked for.
+and training/rl.py list every key). A run writes into its `out` folder: log.jsonl, summary.json and
+the adapter / merged model / GGUF asked for; an sft run also checkpoints (running the same command
+again resumes). An rl run does not checkpoint: it starts over.
 """
 
 from __future__ import annotations
