@@ -57,3 +57,18 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys, body, message):
 def test_unknown_adapter_is_refused_before_loading(capsys):
     assert main(["generate", "--adapter", "no-such-adapter", "--prompt", "hi", "--max-tokens", "1"]) == 1
     assert "neither a folder nor a shipped adapter" in capsys.readouterr().err
+
+
+def test_chat_takes_an_adapter_for_new_chats():
+    from tui.cli import build_parser
+    from tui.commands.chat import new_chat_options
+    from tui.engine import ChatOptions
+
+    args = build_parser().parse_args(["chat", "--adapter", "smollm2-mcp"])
+    options = new_chat_options(ChatOptions(), args)
+    assert options.adapter == "smollm2-mcp" and "smollm2-mcp" in options.load_key()
+    assert ChatOptions.from_settings("default", "auto", options.to_settings()).adapter == "smollm2-mcp"
+    from runtime.errors import MiniCPMError
+
+    with pytest.raises(MiniCPMError, match="adapter applies to a local model"):
+        ChatOptions(backend="openai", base_url="http://127.0.0.1:1/v1", adapter="smollm2-mcp")
