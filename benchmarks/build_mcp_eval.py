@@ -192,6 +192,16 @@ async def execute(name: str, workdir: Path, calls: list[tuple[str, dict[str, Any
     return out
 
 
+async def execute_case(server: str, fixture: Path, case: Case) -> list[str]:
+    """Run a case's earlier calls and its expected call over a fresh copy of the fixture."""
+    work = fixture.parent / "work"
+    shutil.copytree(fixture, work)
+    try:
+        return await execute(server, work, [*case.history, (case.tool, case.arguments)])
+    finally:
+        shutil.rmtree(work)
+
+
 # ----------------------------------------------------------------------------------------- templates
 
 
@@ -595,12 +605,7 @@ async def build_samples(log=print) -> list[dict[str, Any]]:
                 problems = [e.message for e in Draft202012Validator(schema).iter_errors(case.arguments)]
                 if problems:
                     raise RuntimeError(f"{server}.{case.tool}({case.arguments}): {'; '.join(problems)}")
-                work = Path(tmp) / "work"
-                shutil.copytree(base, work)
-                try:
-                    results = await execute(server, work, [*case.history, (case.tool, case.arguments)])
-                finally:
-                    shutil.rmtree(work)
+                results = await execute_case(server, base, case)
                 unseen = [v for k, v in case.arguments.items() if not derivable(k, v, schema, case.query, results[:-1])]
                 if unseen:
                     raise RuntimeError(f"{server}.{case.tool}: {unseen} appear neither in the request nor in the "

@@ -34,7 +34,7 @@ def _check(value: Any, kind: Any, where: str) -> Any:
             try:
                 return _check(value, option, where)
             except ConfigError:
-                pass
+                continue  # not this member of the union; try the next
         raise ConfigError(f"{where}: {value!r} is not a {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
     if origin is tuple or origin is list:
         if not isinstance(value, list | tuple):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -101,7 +100,7 @@ def trajectory(case, tools: list[dict[str, Any]], results: list[str], system: st
 async def build(variants: int = 2, log=print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train trajectories, held-out samples). variants: how many system-prompt variants of each
     training request (build_mcp_eval.SYSTEM_PROMPTS, none included)."""
-    from benchmarks.build_mcp_eval import SYSTEM_PROMPTS, TEMPLATES, execute, list_tools, make_fixture, messages_for
+    from benchmarks.build_mcp_eval import SYSTEM_PROMPTS, TEMPLATES, execute_case, list_tools, make_fixture, messages_for
 
     systems = list(dict.fromkeys(SYSTEM_PROMPTS))  # None and the distinct prompts, in order
     train: list[dict[str, Any]] = []
@@ -112,15 +111,10 @@ async def build(variants: int = 2, log=print) -> tuple[list[dict[str, Any]], lis
         for server, make_cases in TEMPLATES.items():
             tools = await list_tools(server, base)
             for n, case in enumerate(make_cases()):
-                work = Path(tmp) / "work"
-                shutil.copytree(base, work)
-                try:
-                    results = await execute(server, work, [*case.history, (case.tool, case.arguments)])
-                finally:
-                    shutil.rmtree(work)
-                sample_id = f"{server}-{case.tool}-{n:03d}"
                 if any(tool == HELD_OUT.get(server) for tool, _ in case.history):
                     continue  # a multi-step request whose earlier step calls a held-out tool would teach it
+                results = await execute_case(server, base, case)
+                sample_id = f"{server}-{case.tool}-{n:03d}"
                 if case.tool == HELD_OUT.get(server):
                     heldout.append({"id": sample_id, "server": server, "tools": tools,
                                     "messages": messages_for(case, results[:-1], systems[n % len(systems)]),
