@@ -101,6 +101,7 @@ class GenerationEvent:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     verify_steps: int = 0
+    draft_seconds: float = 0.0  # of decode_seconds, the time spent drafting (an Eagle head's forwards)
 
     @property
     def is_progress(self) -> bool:

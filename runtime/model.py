@@ -345,7 +345,10 @@ class CausalLM(nn.Module):
         cache advances by T; without one they form a whole sequence starting at position 0.
         rope_length picks the LongRoPE factor set; by default the cache's, else T.
         """
-        h = self.hidden_states(input_ids, cache, rope_length, last_only=last_logits_only)
+        return self.logits(self.hidden_states(input_ids, cache, rope_length, last_only=last_logits_only))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, T, V] from hidden_states' output h [B, T, C]."""
         rows = h.shape[0] * h.shape[1]
         if h.dtype == torch.float32 and h.device.type == "cpu" and 1 < rows <= FEW_QUERIES \
                 and type(self.lm_head) is nn.Linear:

@@ -18,6 +18,8 @@ Drafters:
   find the latest earlier occurrence of the last n tokens (n = 3, then 2, then 1) in the prompt
   and the output so far, and propose the tokens that followed it. It needs no second model and
   pays off where the output copies its input: summaries, code edits, answers quoting a paper.
+- `eagle`: an Eagle head on the target's hidden states (runtime/eagle.py), optionally drafting
+  over FR-Spec's frequent-token subset of the vocabulary.
 
 The accepted length per verification forward is reported in every GenerationEvent
 (draft_tokens, accepted_tokens, verify_steps; runtime/events.py).
@@ -32,7 +34,7 @@ import torch
 from runtime.events import SamplingParams
 from runtime.sampling import penalized, sample_token, token_distribution
 
-SPECULATIVE_MODES = ("none", "lookup")
+SPECULATIVE_MODES = ("none", "lookup", "eagle")
 NGRAM_SIZES = (3, 2, 1)  # longest first: a longer match predicts its continuation better
 
 

@@ -44,6 +44,7 @@ class Step:
     # checked and how many of them it accepted.
     drafted: int = 0
     accepted: int = 0
+    draft_seconds: float = 0.0  # time the drafter took to propose them
 
 
 class StreamingDetokenizer:
@@ -132,6 +133,7 @@ def events_from_steps(
     stops = StopStringMatcher(params.stop)
     n_prompt, n_out = len(prompt), 0
     drafted = accepted = verifications = 0
+    drafting = 0.0
     t0 = time.perf_counter()
     t_first: float | None = None
 
@@ -145,6 +147,7 @@ def events_from_steps(
             draft_tokens=drafted,
             accepted_tokens=accepted,
             verify_steps=verifications,
+            draft_seconds=drafting,
             **kwargs,
         )
 
@@ -162,6 +165,7 @@ def events_from_steps(
         n_out += 1
         if step.drafted:
             drafted, accepted, verifications = drafted + step.drafted, accepted + step.accepted, verifications + 1
+            drafting += step.draft_seconds
         scored = {"token": step.token, "logprob": step.logprob, "top_logprobs": step.top_logprobs}
         if step.token in stop_ids:
             yield event(prompt_processed=n_prompt, **scored)  # the stop token has no text

@@ -106,7 +106,9 @@ def test_the_token_budget_and_stop_tokens_hold_with_drafts(tiny):
 
 
 def test_an_unknown_mode_is_refused(tiny):
-    with pytest.raises(ValueError, match="unknown speculative decoding mode 'eagle'"):
+    with pytest.raises(ValueError, match="unknown speculative decoding mode 'medusa'"):
+        run(tiny, [1, 2, 3], GREEDY, speculative="medusa")
+    with pytest.raises(ValueError, match="needs an Eagle draft head"):
         run(tiny, [1, 2, 3], GREEDY, speculative="eagle")
 
 

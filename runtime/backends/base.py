@@ -92,14 +92,17 @@ def load_backend(
     speculative: str = "none",
     draft_max: int = 8,
     adapter: str | None = None,
+    draft_model: str | None = None,
+    frspec_vocab: int = 0,
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
 
     sparse: InfLLM v2 attention, auto | on | off (see runtime/sparse_attention.resolve_sparse);
     sparse_overrides: sparse_config fields to replace (topk, window_size, dense_len, use_lse, ...);
     quant: none | int8 | int4, the torch backend's weight quantization (runtime/quantize.py);
-    speculative: none | lookup, the torch backend's speculative decoding, checking up to draft_max
-    drafted tokens per forward (runtime/speculative.py);
+    speculative: none | lookup | eagle, the torch backend's speculative decoding, checking up to
+    draft_max drafted tokens per forward (runtime/speculative.py); eagle drafts with the head in
+    draft_model, over FR-Spec's frspec_vocab most frequent tokens when that is set (runtime/eagle.py);
     base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY);
     adapter: a LoRA adapter folder or shipped name (runtime/adapter.py), torch and gguf backends.
     """
@@ -107,6 +110,10 @@ def load_backend(
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
     if threads is not None and threads < 1:
         raise MiniCPMError(f"--threads must be at least 1 (got {threads})")
+    if name in ("torch", "auto"):  # mismatched draft flags fail before the model loads
+        from runtime.backends.torch_backend import check_draft_options
+
+        check_draft_options(speculative, draft_model, frspec_vocab)
     if adapter is not None:  # a mistyped adapter fails before the model loads
         from runtime.adapter import resolve_adapter
 
@@ -116,7 +123,8 @@ def load_backend(
 
         return TorchBackend.load(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads,
                                  sparse=sparse, sparse_overrides=sparse_overrides, speculative=speculative,
-                                 draft_max=draft_max, adapter=adapter)
+                                 draft_max=draft_max, adapter=adapter, draft_model=draft_model,
+                                 frspec_vocab=frspec_vocab)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
 
@@ -149,5 +157,6 @@ def load_backend(
 
         return load_auto(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads, sparse=sparse,
                          sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key,
-                         speculative=speculative, draft_max=draft_max, adapter=adapter)
+                         speculative=speculative, draft_max=draft_max, adapter=adapter, draft_model=draft_model,
+                         frspec_vocab=frspec_vocab)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

@@ -15,14 +15,16 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, loaded: LoadedModel, context_length: int | None = None, speculative: str = "none",
-                 draft_max: int = 8):
+                 draft_max: int = 8, eagle=None):
         from runtime.speculative import SPECULATIVE_MODES
 
         if speculative not in SPECULATIVE_MODES:
             raise MiniCPMError(f"--speculative must be one of {', '.join(SPECULATIVE_MODES)} (got {speculative!r})")
         if draft_max < 1:
             raise MiniCPMError(f"--draft-max must be at least 1 (got {draft_max})")
-        self.speculative, self.draft_max = speculative, draft_max
+        if (speculative == "eagle") != (eagle is not None):
+            raise MiniCPMError("--speculative eagle needs an Eagle head (--draft-model DIR), and only it takes one")
+        self.speculative, self.draft_max, self.eagle = speculative, draft_max, eagle
         self.loaded = loaded
         self.model_label = loaded.source.label
         self.notices = list(loaded.notices)
@@ -40,10 +42,12 @@ class TorchBackend(Backend):
     @classmethod
     def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
              sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
-             draft_max: int = 8, adapter: str | None = None) -> TorchBackend:
+             draft_max: int = 8, adapter: str | None = None, draft_model: str | None = None,
+             frspec_vocab: int = 0) -> TorchBackend:
         from runtime.adapter import adapter_dialect, adapter_name
         from runtime.sparse_attention import describe, resolve_sparse
 
+        check_draft_options(speculative, draft_model, frspec_vocab)
         if threads:
             import torch
 
@@ -55,9 +59,15 @@ class TorchBackend(Backend):
         loaded.details.append(describe(settings) if settings else "dense attention")
         if settings is not None:
             report_sparse_path()
+        eagle = None
+        if speculative == "eagle":
+            from runtime.eagle import load_eagle_draft
+
+            eagle = load_eagle_draft(draft_model, loaded.model, set(loaded.tokenizer.stop_token_ids), frspec_vocab)
         if speculative != "none":
-            loaded.details.append(f"speculative decoding: {speculative}, up to {draft_max} draft tokens per forward")
-        backend = cls(loaded, context_length, speculative, draft_max)
+            loaded.details.append(f"speculative decoding: {speculative}{f' ({eagle.label})' if eagle else ''}, "
+                                  f"up to {draft_max} draft tokens per forward")
+        backend = cls(loaded, context_length, speculative, draft_max, eagle)
         if adapter is not None:
             backend.model_label += f" + LoRA {adapter_name(adapter)}"
             backend.default_dialect = adapter_dialect(adapter)
@@ -76,7 +86,21 @@ class TorchBackend(Backend):
         from runtime.generate import stream_generate
 
         return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length,
-                               guard=guard, speculative=self.speculative, draft_max=self.draft_max)
+                               guard=guard, speculative=self.speculative, draft_max=self.draft_max,
+                               eagle=self.eagle)
+
+
+def check_draft_options(speculative: str, draft_model: str | None, frspec_vocab: int) -> None:
+    """The draft flags fit together, before any model loads."""
+    if speculative == "eagle" and not draft_model:
+        raise MiniCPMError("--speculative eagle needs --draft-model DIR, an Eagle head folder (upstream's "
+                           "MiniCPM4-8B-Eagle-FRSpec, or one from `minicpm train eagle`)")
+    if draft_model and speculative != "eagle":
+        raise MiniCPMError("--draft-model is the Eagle head of --speculative eagle; add that flag")
+    if frspec_vocab and speculative != "eagle":
+        raise MiniCPMError("--frspec-vocab restricts an Eagle head's draft vocabulary; add --speculative eagle")
+    if frspec_vocab < 0:
+        raise MiniCPMError(f"--frspec-vocab must be positive (got {frspec_vocab})")
 
 
 def report_sparse_path() -> None:
