@@ -14,7 +14,7 @@ import sys
 import uuid
 
 from runtime.errors import MiniCPMError
-from tui.commands.generate import add_model_arguments, sparse_options
+from tui.commands.generate import add_model_arguments, sparse_options, speculative_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +120,7 @@ def _build_agent(args, sessions, checkpointer, console):
 
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           speculative=args.speculative, draft_max=args.draft_max, adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     try:

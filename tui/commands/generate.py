@@ -29,12 +29,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                         help="torch backend: quantize the linear layers' weights on load (int8 per channel, int4 in "
                              "groups of 32; runtime/quantize.py); llama.cpp runs a GGUF's own quantization (none)")
-    parser.add_argument("--speculative", choices=("none", "lookup"), default="none",
-                        help="torch backend: draft tokens by prompt lookup (the continuation of an earlier "
-                             "occurrence of the last few tokens) and check them in one forward; same output, "
-                             "faster where the reply copies its input (runtime/speculative.py)")
+    parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default="none",
+                        help="torch backend: draft tokens and check them in one forward, same output; lookup: the "
+                             "continuation of an earlier occurrence of the last few tokens (fast where the reply "
+                             "copies its input); eagle: an Eagle head on the model's hidden states, --draft-model "
+                             "(runtime/speculative.py, runtime/eagle.py)")
     parser.add_argument("--draft-max", type=int, default=8, metavar="N",
                         help="most draft tokens checked per forward with --speculative (default: 8)")
+    parser.add_argument("--draft-model", default=None, metavar="DIR",
+                        help="the Eagle head of --speculative eagle: upstream's (MiniCPM4-8B-Eagle-FRSpec) or one "
+                             "from `minicpm train eagle`")
+    parser.add_argument("--frspec-vocab", type=int, default=0, metavar="N",
+                        help="FR-Spec: the Eagle head drafts over the N most frequent tokens only (a freq_*.pt file "
+                             "in --draft-model, from `minicpm train frspec`); verification keeps the full vocabulary")
     parser.add_argument("--adapter", default=None, metavar="DIR|NAME",
                         help="a LoRA adapter (PEFT folder, e.g. from `minicpm train sft`, or a shipped one: "
                              "smollm2-mcp, the embedded model's MCP tool-call fine-tune); torch merges it, "
@@ -52,6 +59,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
                         help="queries with fewer keys than this attend densely (8192)")
     sparse.add_argument("--sparse-lse", choices=("on", "off"), default=None,
                         help="approximate stage 1's normaliser with the coarse kernels (on)")
+
+
+def speculative_options(args: argparse.Namespace) -> dict:
+    """The speculative-decoding flags, as load_backend's keyword arguments."""
+    return {"speculative": args.speculative, "draft_max": args.draft_max, "draft_model": args.draft_model,
+            "frspec_vocab": args.frspec_vocab}
 
 
 def sparse_options(args: argparse.Namespace) -> dict:
@@ -143,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
               "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           speculative=args.speculative, draft_max=args.draft_max, adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:
@@ -193,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
         }
         if last.verify_steps:
             result.update(draft_tokens=last.draft_tokens, accepted_tokens=last.accepted_tokens,
-                          mean_accepted_length=round(last.mean_accepted_length, 3))
+                          mean_accepted_length=round(last.mean_accepted_length, 3),
+                          draft_seconds=round(last.draft_seconds, 4))
         if params.logprobs:
             result["logprobs"] = logprobs
         print(json.dumps(result, ensure_ascii=False))
@@ -209,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if last.verify_steps:
             print(f"minicpm: speculative: {last.accepted_tokens} of {last.draft_tokens} draft tokens accepted in "
-                  f"{last.verify_steps} verifying forwards (mean accepted length {last.mean_accepted_length:.2f})",
+                  f"{last.verify_steps} verifying forwards (mean accepted length {last.mean_accepted_length:.2f})"
+                  + (f", {last.draft_seconds:.2f} s drafting" if last.draft_seconds else ""),
                   file=sys.stderr)
     return 0

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from runtime.errors import MiniCPMError
-from tui.commands.generate import add_model_arguments, sparse_options
+from tui.commands.generate import add_model_arguments, sparse_options, speculative_options
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -99,8 +99,8 @@ def load_backends(args: argparse.Namespace) -> list:
             print(f"minicpm: loading copy {i + 1} of {args.parallel}", file=sys.stderr)
         backends.append(load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx,
                                      threads=threads, sparse=args.sparse, sparse_overrides=sparse_options(args),
-                                     base_url=args.base_url, speculative=args.speculative,
-                                     draft_max=args.draft_max, adapter=args.adapter))
+                                     base_url=args.base_url, **speculative_options(args),
+                                     adapter=args.adapter))
     return backends
 
 

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from runtime.errors import MiniCPMError
-from tui.commands.generate import add_model_arguments, sparse_options
+from tui.commands.generate import add_model_arguments, sparse_options, speculative_options
 
 FORMATS = (("out", "markdown"), ("bib", "bibtex"), ("html", "html"))
 
@@ -112,7 +112,7 @@ def _load_model(args, console):
 
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           speculative=args.speculative, draft_max=args.draft_max, adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     return ChatMiniCPM(backend=backend, temperature=0.0, seed=args.seed)

@@ -1,12 +1,15 @@
-"""Fine-tune the runtime's torch model: supervised (full or LoRA) or GRPO with chunk-wise rollout.
+"""Fine-tune the runtime's torch model: supervised (full or LoRA) or GRPO with chunk-wise rollout;
+train an Eagle draft head; write FR-Spec frequency files.
 
-    minicpm train sft --config training/configs/smollm2_mcp_lora.yaml
-    minicpm train rl  --config training/configs/smollm2_mcp_rl.yaml
+    minicpm train sft    --config training/configs/smollm2_mcp_lora.yaml
+    minicpm train rl     --config training/configs/smollm2_mcp_rl.yaml
+    minicpm train eagle  --config training/configs/smollm2_eagle.yaml
+    minicpm train frspec --model default --data abstracts --vocab 8192 --out DIR
 
 Everything about a run lives in its YAML config (training/configs/ has examples; training/sft.py
 and training/rl.py list every key). A run writes into its `out` folder: log.jsonl, summary.json and
-the adapter / merged model / GGUF asked for; an sft run also checkpoints (running the same command
-again resumes). An rl run does not checkpoint: it starts over.
+the adapter / merged model / GGUF asked for (eagle: the head); sft and eagle runs also checkpoint
+(running the same command again resumes). An rl run does not checkpoint: it starts over.
 """
 
 from __future__ import annotations
@@ -18,11 +21,22 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mode", choices=("sft", "rl"), help="sft: supervised fine-tuning; rl: GRPO")
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE.yaml", help="the run's settings")
-    parser.add_argument("--out", default=None, metavar="DIR", help="override the config's out folder")
+    parser.add_argument("mode", choices=("sft", "rl", "eagle", "frspec"),
+                        help="sft: supervised fine-tuning; rl: GRPO; eagle: an Eagle draft head for "
+                             "--speculative eagle; frspec: FR-Spec frequency files for --frspec-vocab")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                        help="the run's settings (sft, rl, eagle)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="override the config's out folder; frspec: where freq_N.pt go (the head's folder)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                        help="sft: stop after this many optimizer steps, checkpointed; the same command resumes")
+                        help="sft, eagle: stop after this many optimizer steps, checkpointed; the same command resumes")
+    frspec = parser.add_argument_group("frspec")
+    frspec.add_argument("--model", default="default", help="whose tokenizer counts the tokens (default: embedded)")
+    frspec.add_argument("--data", default="abstracts",
+                        help="abstracts (the corpus's arXiv sample), a .txt or a .jsonl of {\"text\": ...}")
+    frspec.add_argument("--vocab", type=int, nargs="+", default=[8192], metavar="N",
+                        help="sizes to write, one freq_N.pt each (default: 8192)")
+    frspec.add_argument("--limit", type=int, default=None, metavar="N", help="count the first N texts only")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON object")
 
 
@@ -35,6 +49,19 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"minicpm: {message}", file=sys.stderr)
 
+    if args.mode == "frspec":
+        from training.frspec import write_frequency_files
+
+        if args.out is None:
+            raise SystemExit("minicpm train frspec: --out DIR is required (the Eagle head's folder)")
+        try:
+            summary = write_frequency_files(args.model, args.data, args.vocab, Path(args.out), args.limit, log=log)
+        except ValueError as exc:
+            raise SystemExit(f"minicpm train frspec: {exc}") from None
+        print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+        return 0
+    if args.config is None:
+        raise SystemExit(f"minicpm train {args.mode}: --config FILE.yaml is required")
     if args.mode == "sft":
         from training.sft import SFTConfig, train_sft
 
@@ -42,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         if args.stop_after is not None and args.stop_after < 1:
             raise SystemExit("minicpm train: --stop-after must be at least 1")
         summary = train_sft(cfg, log=log, progress=show, stop_after=args.stop_after)
+    elif args.mode == "eagle":
+        from training.eagle import EagleConfig, train_eagle
+
+        cfg = load_config(EagleConfig, args.config, overrides)
+        if args.stop_after is not None and args.stop_after < 1:
+            raise SystemExit("minicpm train: --stop-after must be at least 1")
+        summary = train_eagle(cfg, log=log, progress=show, stop_after=args.stop_after)
     else:
         from training.rl import RLConfig, run_rl
 
