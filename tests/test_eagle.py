@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 from safetensors.torch import save_file
 
 from runtime import eagle as eagle_module
