@@ -52,6 +52,7 @@ from runtime.errors import ModelLoadError
 from runtime.model import CausalLM, DecoderLayer, KVCache, RMSNorm
 
 DRAFT_CONFIDENCE = 0.3  # stop a chain when the head gives its next token less than this
+FEED_CHUNK = 512  # target states fed to the head per forward (bounds its activations on long prompts)
 HEAD_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -59,8 +60,9 @@ def head_config(target: ModelConfig, raw: dict) -> ModelConfig:
     """The draft layers' ModelConfig: the target's, with the head's own layer count and sizes."""
     sizes = {k: raw[k] for k in ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                                  "rms_norm_eps") if raw.get(k) is not None}
-    if "num_attention_heads" in sizes and "head_dim" not in sizes:
-        sizes["head_dim"] = target.hidden_size // sizes["num_attention_heads"]
+    if "num_attention_heads" in sizes:  # HF's defaults for what the head's config leaves out
+        sizes.setdefault("head_dim", target.hidden_size // sizes["num_attention_heads"])
+        sizes.setdefault("num_key_value_heads", sizes["num_attention_heads"])
     return dataclasses.replace(target, num_hidden_layers=int(raw.get("num_hidden_layers", 1)), sparse_config=None,
                                **sizes)
 
@@ -156,7 +158,9 @@ class EagleDrafter:
         self.features = []
         start = self.cache.length
         tokens = torch.tensor([history[start + 1 : start + 1 + feats.shape[1]]], device=feats.device)
-        out = self.head(self.target, feats, tokens, self.cache)[:, -1:]  # [1, 1, C]
+        for a in range(0, tokens.shape[1], FEED_CHUNK):  # a whole prompt the first time: in chunks
+            out = self.head(self.target, feats[:, a : a + FEED_CHUNK], tokens[:, a : a + FEED_CHUNK], self.cache)
+        out = out[:, -1:]  # [1, 1, C]
         kept = self.cache.length  # positions whose features were the target's own
         proposed: list[int] = []
         while True:
@@ -205,16 +209,23 @@ def load_eagle_head(folder: str | Path, target: CausalLM) -> EagleHead:
         raise ModelLoadError(f"{folder} is an EAGLE-3 head (draft vocabulary maps, midlayer); only EAGLE-1/2 heads "
                              "(fc + decoder layers) are supported")
     cfg = target.config
-    if raw.get("hidden_size", cfg.hidden_size) != cfg.hidden_size:
-        raise ModelLoadError(f"{folder}: the head's hidden_size {raw['hidden_size']} is not the target's "
-                             f"{cfg.hidden_size}; it was trained for another model")
+    for key in ("hidden_size", "vocab_size"):
+        if raw.get(key, getattr(cfg, key)) != getattr(cfg, key):
+            raise ModelLoadError(f"{folder}: the head's {key} {raw[key]} is not the target's {getattr(cfg, key)}; "
+                                 "it was trained for another model")
     for key in ("scale_emb", "scale_depth", "dim_model_base"):
         ours, theirs = getattr(cfg, key), raw.get(key)
         if (ours is None) != (theirs is None) or (ours is not None and float(ours) != float(theirs)):
             raise ModelLoadError(f"{folder}: {key} is {theirs} in the head's config and {ours} in the target's; "
                                  "the head was trained for another model")
-    weights = {k: v for k, v in weights.items() if k not in ("embed_tokens.weight", "rotary_emb.inv_freq")}
-    head = EagleHead(cfg, head_config(cfg, raw), input_norm="input_norm1.weight" in weights,
+    weights = {k: v for k, v in weights.items() if k != "embed_tokens.weight" and not k.endswith("rotary_emb.inv_freq")}
+    heads = raw.get("num_attention_heads", cfg.num_attention_heads)
+    head_dim = raw.get("head_dim") or cfg.hidden_size // heads
+    if head_dim != cfg.head_dim:
+        raise ModelLoadError(f"{folder}: the head's head_dim {head_dim} is not the target's {cfg.head_dim} "
+                             "(the head shares the target's rotary embedding)")
+    config = head_config(cfg, raw)
+    head = EagleHead(cfg, config, input_norm="input_norm1.weight" in weights,
                      attn_norm="layers.0.input_layernorm.weight" in weights)
     expected = head.state_dict()
     unknown = sorted(set(weights) - set(expected))
@@ -268,6 +279,8 @@ def frspec_vocabulary(folder: Path, size: int, stop_ids: set[int], vocab_size: i
     if len(ranked) < size:
         raise ModelLoadError(f"{files[usable[0]]} holds {len(ranked)} ids, fewer than its name says")
     stops = [s for s in sorted(stop_ids) if s < vocab_size]
+    if size <= len(stops):
+        raise ModelLoadError(f"--frspec-vocab {size} leaves no room beside the {len(stops)} stop ids; ask for more")
     keep = [i for i in ranked if i not in stops][: size - len(stops)]
     return keep + stops
 

@@ -46,6 +46,21 @@ def choose_dtype(name: str, config: ModelConfig) -> torch.dtype:
     return DTYPES[name]
 
 
+def load_tokenizer(ref: str | None) -> tuple[Tokenizer, ModelConfig]:
+    """The tokenizer and config of a model reference, without reading its weights."""
+    from runtime.checkpoint import load_hf_config
+
+    source = resolve_model(ref)
+    if source.format == "gguf":
+        from runtime.gguf_model import GGUFModelFile
+
+        gguf_file = GGUFModelFile(source.path)
+        config = gguf_file.config()
+        return Tokenizer.from_gguf(gguf_file.metadata, source.path.name, config.eos_token_id), config
+    config = load_hf_config(source.path)
+    return Tokenizer.from_hf_folder(source.path, config.eos_token_id), config
+
+
 def load_torch_model(ref: str | None, dtype: str = "auto", quant: str = "none", pack_ternary: bool = True,
                      adapter: str | None = None) -> LoadedModel:
     """Resolve `ref` (see runtime/model_ref.py) and load it for the torch runtime; quant: none | int8 |

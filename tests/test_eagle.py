@@ -127,6 +127,8 @@ def test_eagle_sampling_is_seeded_and_keeps_the_budget_and_stops(tiny, target_co
 
 @pytest.mark.parametrize("change, message", [
     ({"hidden_size": 64}, "hidden_size 64 is not the target's 128"),
+    ({"vocab_size": 32000}, "vocab_size 32000 is not the target's"),
+    ({"head_dim": 16}, "head_dim 16 is not the target's 32"),
     ({"scale_depth": 2.0}, "scale_depth is 2.0 in the head's config"),
     ({"quantization_config": {"quant_method": "gptq"}}, "quantized Eagle head"),
 ])
@@ -162,6 +164,8 @@ def test_frspec_vocabulary_takes_the_most_frequent_and_keeps_the_stop_ids(tmp_pa
     assert frspec_vocabulary(tmp_path, 3, set(), 20) == [9, 8, 7]  # the smallest file that is big enough
     assert frspec_vocabulary(tmp_path, 4, {2}, 20) == [9, 8, 7, 2]  # the stop id displaces the 4th
     assert frspec_vocabulary(tmp_path, 4, {8}, 20) == [9, 7, 6, 8]
+    with pytest.raises(ModelLoadError, match="leaves no room beside the 2 stop ids"):
+        frspec_vocabulary(tmp_path, 2, {2, 3}, 20)
     with pytest.raises(ModelLoadError, match="no frequency file with at least 8 ids"):
         frspec_vocabulary(tmp_path, 8, set(), 20)
     torch.save([1, 1, 2], tmp_path / "freq_3.pt")
@@ -170,7 +174,7 @@ def test_frspec_vocabulary_takes_the_most_frequent_and_keeps_the_stop_ids(tmp_pa
 
 
 def test_the_backend_checks_the_draft_flags_before_loading():
-    from runtime.backends.torch_backend import check_draft_options
+    from runtime.backends.base import check_draft_options
 
     with pytest.raises(MiniCPMError, match="needs --draft-model"):
         check_draft_options("eagle", None, 0)
@@ -178,3 +182,30 @@ def test_the_backend_checks_the_draft_flags_before_loading():
         check_draft_options("none", "/some/head", 0)
     with pytest.raises(MiniCPMError, match="--frspec-vocab restricts"):
         check_draft_options("lookup", None, 4096)
+
+
+def test_the_drafters_head_cache_holds_what_one_pass_over_the_kept_sequence_gives(tiny, target_config, tmp_path):
+    """However the target's states arrive (prefill chunks, verifications keeping 1 to 3 positions),
+    the head's cache ends up as one pass over (state at i, token i+1) would fill it: drafts never
+    shift the pairing, and positions built from guessed states are gone."""
+    folder, _ = upstream_head(tmp_path / "head", target_config)
+    draft = load_eagle_draft(folder, tiny.model, set(tiny.tokenizer.stop_token_ids))
+    seq = tiny.tokenizer.encode("We hold these truths to be self-evident, that all men are created equal, that "
+                                "they are endowed by their Creator with certain unalienable Rights")[:40]
+    with torch.inference_mode():
+        states = tiny.model.hidden_states(torch.tensor([seq]))[0]  # [N, C], as generation gets them
+        drafter = draft.drafter(tiny.model, 64, 64)
+        drafter.observe(states[:6])
+        drafter.observe(states[6:10])  # a prompt of 10 tokens in two prefill chunks
+        drafter.draft(seq[:11], 3)  # the first sampled token is seq[10]
+        pos = 10
+        for kept in (1, 3, 2, 1, 4):
+            drafter.observe(states[pos : pos + kept])
+            pos += kept
+            assert len(drafter.draft(seq[: pos + 1], 3)) >= 1
+        assert drafter.cache.length == pos
+        reference = draft.head.new_cache(64, torch.float32, "cpu", 64)
+        divisor = tiny.model.config.logit_divisor  # the head reads the normed state, before the logit divisor
+        draft.head(tiny.model, states[None, :pos] * divisor, torch.tensor([seq[1 : pos + 1]]), reference)
+    assert torch.allclose(drafter.cache.k[..., :pos, :], reference.k[..., :pos, :], atol=1e-5)
+    assert torch.allclose(drafter.cache.v[..., :pos, :], reference.v[..., :pos, :], atol=1e-5)

@@ -86,7 +86,7 @@ def test_frspec_files_rank_the_corpus_tokens_and_keep_the_stop_ids(tmp_path, tin
     assert 0 < cover[16] < cover[64] <= 1
     with pytest.raises(SystemExit, match="--out DIR is required"):
         main(["train", "frspec", "--model", str(tiny_minicpm)])
-    with pytest.raises(SystemExit, match="between 1 and the vocabulary"):
+    with pytest.raises(SystemExit, match=r"between 3 \(the stop ids and one more\) and the vocabulary"):
         main(["train", "frspec", "--model", str(tiny_minicpm), "--data", str(corpus), "--vocab", "0",
               "--out", str(tmp_path / "x")])
 

@@ -206,7 +206,7 @@ def new_head(target, cfg: EagleConfig):
 
 def save_eagle_head(head, target_config, folder: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write `head` in the layout runtime/eagle.load_eagle_head reads (and CPM.cu's loader expects),
-    replacing any earlier head in `folder` only once the new one is complete."""
+    replacing any earlier head in `folder` only once the new one is complete (its freq_*.pt stay)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -225,6 +225,8 @@ def save_eagle_head(head, target_config, folder: Path, dtype: torch.dtype = torc
     save_file({k: v.detach().to(dtype).contiguous() for k, v in head.state_dict().items()},
               str(staging / "model.safetensors"))
     (staging / "config.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    for freq in folder.glob("freq_*.pt"):  # FR-Spec files depend on the tokenizer, not the head: keep them
+        shutil.copy2(freq, staging / freq.name)
     replace_folder(staging, folder)
     return folder
 

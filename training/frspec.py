@@ -38,18 +38,19 @@ def write_frequency_files(model: str, data: str, sizes: list[int], out: Path, li
     import torch
 
     from runtime.atomic import atomic_write_bytes
-    from runtime.loading import load_torch_model
+    from runtime.loading import load_tokenizer
     from training.eagle import read_texts
 
     texts, _ = read_texts(data, limit)
-    loaded = load_torch_model(model, dtype="float32")
-    tokenizer, vocab = loaded.tokenizer, loaded.config.vocab_size
-    bad = [n for n in sizes if not 1 <= n <= vocab]
+    tokenizer, config = load_tokenizer(model)
+    vocab = config.vocab_size
+    stop_ids = sorted(tokenizer.stop_token_ids)
+    bad = [n for n in sizes if not len(stop_ids) < n <= vocab]
     if bad:
-        raise ValueError(f"--vocab sizes must be between 1 and the vocabulary's {vocab} tokens (got {bad})")
+        raise ValueError(f"--vocab sizes must be between {len(stop_ids) + 1} (the stop ids and one more) and the "
+                         f"vocabulary's {vocab} tokens (got {bad})")
     ranked, counts = rank_tokens(tokenizer, texts)
     total = sum(counts.values())
-    stop_ids = sorted(tokenizer.stop_token_ids)
     out.mkdir(parents=True, exist_ok=True)
     report = {"texts": len(texts), "tokens": total, "distinct_tokens": len(ranked), "vocabulary": vocab, "files": {}}
     for size in sorted(set(sizes)):

@@ -77,6 +77,19 @@ class Backend(ABC):
         return self.generate_tokens(self.tokenize(prompt), params)
 
 
+def check_draft_options(speculative: str, draft_model: str | None, frspec_vocab: int) -> None:
+    """The draft flags fit together, before any model loads."""
+    if speculative == "eagle" and not draft_model:
+        raise MiniCPMError("--speculative eagle needs --draft-model DIR, an Eagle head folder (upstream's "
+                           "MiniCPM4-8B-Eagle-FRSpec, or one from `minicpm train eagle`)")
+    if draft_model and speculative != "eagle":
+        raise MiniCPMError("--draft-model is the Eagle head of --speculative eagle; add that flag")
+    if frspec_vocab and speculative != "eagle":
+        raise MiniCPMError("--frspec-vocab restricts an Eagle head's draft vocabulary; add --speculative eagle")
+    if frspec_vocab < 0:
+        raise MiniCPMError(f"--frspec-vocab must be positive (got {frspec_vocab})")
+
+
 def load_backend(
     name: str,
     model: str | None,
@@ -110,10 +123,7 @@ def load_backend(
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
     if threads is not None and threads < 1:
         raise MiniCPMError(f"--threads must be at least 1 (got {threads})")
-    if name in ("torch", "auto"):  # mismatched draft flags fail before the model loads
-        from runtime.backends.torch_backend import check_draft_options
-
-        check_draft_options(speculative, draft_model, frspec_vocab)
+    check_draft_options(speculative, draft_model, frspec_vocab)  # mismatched draft flags fail before any load
     if adapter is not None:  # a mistyped adapter fails before the model loads
         from runtime.adapter import resolve_adapter
 

@@ -45,9 +45,11 @@ class TorchBackend(Backend):
              draft_max: int = 8, adapter: str | None = None, draft_model: str | None = None,
              frspec_vocab: int = 0) -> TorchBackend:
         from runtime.adapter import adapter_dialect, adapter_name
+        from runtime.backends.base import check_draft_options
         from runtime.sparse_attention import describe, resolve_sparse
 
         check_draft_options(speculative, draft_model, frspec_vocab)
+
         if threads:
             import torch
 
@@ -88,19 +90,6 @@ class TorchBackend(Backend):
         return stream_generate(self.loaded.model, self.loaded.tokenizer, prompt, params, self.context_length,
                                guard=guard, speculative=self.speculative, draft_max=self.draft_max,
                                eagle=self.eagle)
-
-
-def check_draft_options(speculative: str, draft_model: str | None, frspec_vocab: int) -> None:
-    """The draft flags fit together, before any model loads."""
-    if speculative == "eagle" and not draft_model:
-        raise MiniCPMError("--speculative eagle needs --draft-model DIR, an Eagle head folder (upstream's "
-                           "MiniCPM4-8B-Eagle-FRSpec, or one from `minicpm train eagle`)")
-    if draft_model and speculative != "eagle":
-        raise MiniCPMError("--draft-model is the Eagle head of --speculative eagle; add that flag")
-    if frspec_vocab and speculative != "eagle":
-        raise MiniCPMError("--frspec-vocab restricts an Eagle head's draft vocabulary; add --speculative eagle")
-    if frspec_vocab < 0:
-        raise MiniCPMError(f"--frspec-vocab must be positive (got {frspec_vocab})")
 
 
 def report_sparse_path() -> None:

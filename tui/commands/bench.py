@@ -21,6 +21,7 @@ BENCHMARKS = {
     "agent_tasks": "the tool agent doing checkable tasks through the built-in MCP servers: success rate",
     "quantization": "--quant int8/int4 against float and llama.cpp's Q4_1: decode tok/s, perplexity, agreement",
     "speculative": "--speculative lookup against plain decoding and llama.cpp's prompt lookup: decode tok/s per task",
+    "eagle": "every torch draft on survey prompts: plain, lookup, an Eagle head, Eagle with FR-Spec: tok/s, acceptance",
     "ternary": "BitCPM ternary weights packed to 2 bits against their bf16 form: bytes, decode tok/s, agreement",
     "infllm_cuda": "InfLLM v2 CUDA kernels against SDPA flash (needs a GPU): kernel time at 32K-128K, 8B-shape decode tok/s",
     "finetune_mcp": "the embedded model's MCP LoRA fine-tune on held-out tools: func/param/value before and after",
