@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for engine, dtype, quant in (("torch-float32", "float32", "none"), ("torch-int4", "auto", "int4")):
         plain = TorchBackend.load("default", dtype=dtype, quant=quant)
         stops = plain.stop_token_ids
-        full = load_eagle_draft(args.eagle_head, plain.loaded.model, stops)
-        frspec = load_eagle_draft(args.eagle_head, plain.loaded.model, stops, args.frspec_vocab)
+        full = load_eagle_draft(args.eagle_head, plain.loaded.model, stops, quant=quant)
+        frspec = load_eagle_draft(args.eagle_head, plain.loaded.model, stops, args.frspec_vocab, quant)
         decoders = {
             "plain": plain,
             "lookup": TorchBackend(plain.loaded, speculative="lookup", draft_max=8),

@@ -105,16 +105,24 @@ class EagleHead(nn.Module):
 
 
 class DraftVocabulary:
-    """The lm_head the head drafts with: the target's own, or FR-Spec's row subset for `ids`."""
+    """The lm_head the head drafts with: the target's own, or FR-Spec's row subset for `ids`
+    (int8 when the target's weights are quantized, as its own lm_head then is)."""
 
-    def __init__(self, target: CausalLM, ids: list[int] | None):
+    def __init__(self, target: CausalLM, ids: list[int] | None, quant: str = "none"):
         self.target = target
         self.ids = None if ids is None else torch.tensor(ids, dtype=torch.long)
-        self.weight = None
+        self.rows: nn.Module | None = None
         if ids is not None:
             head = target.lm_head
             full = head.dequantized() if hasattr(head, "dequantized") else head.weight.detach()
-            self.weight = full[self.ids].to(target.dtype).contiguous()  # [V', C]
+            rows = full[self.ids].to(target.dtype).contiguous()  # [V', C]
+            if quant == "none":
+                self.rows = nn.Linear(rows.shape[1], rows.shape[0], bias=False)
+                self.rows.weight = nn.Parameter(rows, requires_grad=False)
+            else:
+                from runtime.quantize import Int8Linear
+
+                self.rows = Int8Linear(rows)
 
     @property
     def size(self) -> int:
@@ -122,10 +130,8 @@ class DraftVocabulary:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h: [C], the head's output. Float32 logits over the draft vocabulary [V or V']."""
-        h = h / self.target.config.logit_divisor
-        if self.weight is None:
-            return self.target.lm_head(h[None]).float()[0]
-        return torch.mv(self.weight, h.to(self.weight.dtype)).float()
+        h = (h / self.target.config.logit_divisor)[None]
+        return (self.target.lm_head if self.rows is None else self.rows)(h).float()[0]
 
     def token(self, index: int) -> int:
         return index if self.ids is None else int(self.ids[index])
@@ -297,13 +303,22 @@ class EagleDraft:
         return EagleDrafter(self.head, self.vocab, target, capacity, rope_length)
 
 
-def load_eagle_draft(folder: str | Path, target: CausalLM, stop_ids: set[int], frspec_vocab: int = 0) -> EagleDraft:
-    """The head in `folder`, drafting over the full vocabulary or (frspec_vocab > 0) FR-Spec's subset."""
+def load_eagle_draft(folder: str | Path, target: CausalLM, stop_ids: set[int], frspec_vocab: int = 0,
+                     quant: str = "none") -> EagleDraft:
+    """The head in `folder`, drafting over the full vocabulary or (frspec_vocab > 0) FR-Spec's subset.
+    quant: the target's --quant; the head's decoder layers get the same (its fc, a few percent of
+    its weights and biased, stays float), so that a draft step stays cheap next to a target step."""
     folder = Path(folder).expanduser()
     head = load_eagle_head(folder, target)
+    if quant != "none":
+        from runtime.quantize import decoder_groups, quantize_groups
+
+        quantize_groups(decoder_groups(head.layers, "layers."), quant)
     vocab_size = target.config.vocab_size
     ids = frspec_vocabulary(folder, frspec_vocab, stop_ids, vocab_size) if frspec_vocab else None
     label = f"Eagle head {folder.name} ({head.config.num_hidden_layers} layer"
     label += f"{'s' if head.config.num_hidden_layers > 1 else ''}, "
     label += f"FR-Spec vocabulary {len(ids)} of {vocab_size})" if ids else f"full vocabulary of {vocab_size})"
-    return EagleDraft(head, DraftVocabulary(target, ids), label)
+    if quant != "none":
+        label = label[:-1] + f", {quant} layers)"
+    return EagleDraft(head, DraftVocabulary(target, ids, quant), label)

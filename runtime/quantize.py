@@ -138,30 +138,42 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32, keep_refer
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:
         raise QuantizationError(f"the int4 group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))} "
                                 f"(got {group_size})")
+    if next(model.parameters()).device.type != "cpu" and mode != "none":
+        raise QuantizationError("--quant int8/int4 runs on PyTorch's CPU kernels; this model is on "
+                                f"{next(model.parameters()).device}")
+    groups = decoder_groups(model.model.layers, "model.layers.")
+    groups.append(("", model, ["lm_head"], None))
+    return quantize_groups(groups, mode, group_size, keep_reference)
+
+
+def decoder_groups(layers, prefix: str) -> list[tuple[str, nn.Module, list[str], str | None]]:
+    """(parent module name, parent, its linears, the attribute that holds them fused) of decoder
+    layers: q/k/v and gate/up share their input, so one product replaces three (two), the weights
+    stacked along the outputs; with scales per output row (and per group along the inputs) that is
+    the same quantization."""
+    groups: list[tuple[str, nn.Module, list[str], str | None]] = []
+    for i, block in enumerate(layers):
+        name = f"{prefix}{i}."
+        groups += [(name + "self_attn", block.self_attn, ["q_proj", "k_proj", "v_proj"], "qkv_proj"),
+                   (name + "self_attn", block.self_attn, ["o_proj"], None),
+                   (name + "mlp", block.mlp, ["gate_proj", "up_proj"], "gate_up_proj"),
+                   (name + "mlp", block.mlp, ["down_proj"], None)]
+    return groups
+
+
+def quantize_groups(groups, mode: str, group_size: int = 32, keep_reference: bool = False) -> dict:
+    """Quantize the linears of `groups` (see decoder_groups) in place; an lm_head keeps int8."""
     report = {"mode": mode, "group_size": group_size if mode == "int4" else None, "quantized": 0,
               "kept_float": [], "bytes_before": 0, "bytes_after": 0}
     if mode == "none":
         return report
-    if next(model.parameters()).device.type != "cpu":
-        raise QuantizationError("--quant int8/int4 runs on PyTorch's CPU kernels; this model is on "
-                                f"{next(model.parameters()).device}")
+
     def quantized(weight: torch.Tensor, layer_mode: str) -> nn.Module:
         layer = Int8Linear(weight) if layer_mode == "int8" else Int4Linear(weight, group_size)
         if isinstance(layer, Int4Linear) and not keep_reference:
             layer.compact()
         return layer
 
-    # (parent module, its linears, the attribute that holds them fused): q/k/v and gate/up share
-    # their input, so one product replaces three (two), the weights stacked along the outputs; with
-    # scales per output row (and per group along the inputs) that is the same quantization.
-    groups: list[tuple[str, nn.Module, list[str], str | None]] = []
-    for i, block in enumerate(model.model.layers):
-        prefix = f"model.layers.{i}."
-        groups += [(prefix + "self_attn", block.self_attn, ["q_proj", "k_proj", "v_proj"], "qkv_proj"),
-                   (prefix + "self_attn", block.self_attn, ["o_proj"], None),
-                   (prefix + "mlp", block.mlp, ["gate_proj", "up_proj"], "gate_up_proj"),
-                   (prefix + "mlp", block.mlp, ["down_proj"], None)]
-    groups.append(("", model, ["lm_head"], None))
     for parent_name, parent, names, fused_name in groups:
         linears = [getattr(parent, n) for n in names]
         layer_mode = "int8" if names == ["lm_head"] else mode  # the logits keep 8 bits (see above)

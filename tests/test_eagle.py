@@ -209,3 +209,22 @@ def test_the_drafters_head_cache_holds_what_one_pass_over_the_kept_sequence_give
         draft.head(tiny.model, states[None, :pos] * divisor, torch.tensor([seq[1 : pos + 1]]), reference)
     assert torch.allclose(drafter.cache.k[..., :pos, :], reference.k[..., :pos, :], atol=1e-5)
     assert torch.allclose(drafter.cache.v[..., :pos, :], reference.v[..., :pos, :], atol=1e-5)
+
+
+def test_with_an_int4_target_the_head_is_quantized_too_and_the_tokens_stay_plain_int4s(tiny_minicpm, target_config,
+                                                                                     tmp_path, monkeypatch):
+    from runtime.quantize import Int4Linear, Int8Linear
+
+    target = load_torch_model(str(tiny_minicpm), dtype="float32", quant="int4")
+    folder, _ = upstream_head(tmp_path / "head", target_config)
+    torch.save(list(range(100, 300)), folder / "freq_200.pt")
+    draft = load_eagle_draft(folder, target.model, set(target.tokenizer.stop_token_ids), 64, quant="int4")
+    assert isinstance(draft.head.layers[0].mlp.gate_up_proj, Int4Linear) and isinstance(draft.vocab.rows, Int8Linear)
+    assert "int4 layers" in draft.label
+    monkeypatch.setattr(eagle_module, "DRAFT_CONFIDENCE", 0.0)
+    prompt = target.tokenizer.encode("We hold these truths to be self-evident, that all men are created equal")
+    params = SamplingParams(max_tokens=40, temperature=0)
+    plain = [e.token for e in stream_generate(target.model, target.tokenizer, prompt, params) if e.token is not None]
+    events = list(stream_generate(target.model, target.tokenizer, prompt, params, speculative="eagle", draft_max=3,
+                                  eagle=draft))
+    assert [e.token for e in events if e.token is not None] == plain and events[-1].draft_tokens > 0

@@ -65,7 +65,8 @@ class TorchBackend(Backend):
         if speculative == "eagle":
             from runtime.eagle import load_eagle_draft
 
-            eagle = load_eagle_draft(draft_model, loaded.model, set(loaded.tokenizer.stop_token_ids), frspec_vocab)
+            eagle = load_eagle_draft(draft_model, loaded.model, set(loaded.tokenizer.stop_token_ids), frspec_vocab,
+                                     quant)
         if speculative != "none":
             loaded.details.append(f"speculative decoding: {speculative}{f' ({eagle.label})' if eagle else ''}, "
                                   f"up to {draft_max} draft tokens per forward")
