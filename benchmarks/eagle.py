@@ -7,7 +7,8 @@ held-out arXiv abstracts (the last ones of the sample; the head trains on the fi
 survey-paragraph and survey-sentence (the survey agent's own prompts) and free (a paragraph about
 a title). Engines: torch float32 and torch --quant int4. Per engine and prompt the four decoders
 run one after another on the same loaded weights (the machine drifts between minutes), and per
-task the table gives decode tokens/s, the speedup over plain decoding, the mean accepted length
+task the table gives decode tokens/s (llama.cpp's plain decoding of the same prompts on the GGUF's
+Q4_1 blocks is the peer), the speedup over plain decoding, the mean accepted length
 (draft tokens accepted per verifying forward), the drafting time per drafted token (FR-Spec's
 effect: the head's lm_head shrinks from the whole vocabulary to --frspec-vocab rows) and whether
 every reply is plain decoding's.
@@ -99,6 +100,26 @@ def run(args: argparse.Namespace) -> int:
                        "same_tokens": f"{t['same']}/{len(prompt_list)}"}
                 rows.append(row)
                 print(row, flush=True)
+    # the peer: llama.cpp decoding the same prompts plainly on the GGUF's own Q4_1 blocks (it has no
+    # Eagle drafting for this model), after the torch engines, on the same machine
+    from llama_cpp import Llama
+
+    from benchmarks.speculative import llama_generator
+    from runtime.model_ref import resolve_model
+
+    llm = Llama(model_path=str(resolve_model("default").path), n_ctx=2048, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    generate = llama_generator(llm, args.max_tokens, stops)
+    for task, prompt_list in prompt_sets.items():
+        seconds = steps = 0
+        for prompt in prompt_list:
+            _, s, n, _, _ = measure(generate, prompt)
+            seconds, steps = seconds + s, steps + n
+        row = {"engine": "llama.cpp-Q4_1", "task": task, "decoder": "plain", "tok_s": round(steps / seconds, 1),
+               "speedup": None, "mean_accepted_length": None, "draft_ms_per_token": None,
+               "draft_share_of_decode": None, "same_tokens": None}
+        rows.append(row)
+        print(row, flush=True)
     result = {"command": bench_command("eagle"), "source": source_version(), "machine": machine(), "threads": threads,
               "model": "default (SmolLM2-135M-Instruct Q4_1, embedded)", "head": str(args.eagle_head),
               "frspec_vocab": args.frspec_vocab, "prompts_per_task": args.prompts, "max_tokens": args.max_tokens,
@@ -107,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     print("| engine | task | decoder | tok/s | speedup | mean accepted length | draft ms/token | same tokens |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['engine']} | {r['task']} | {r['decoder']} | {r['tok_s']} | {r['speedup']}x | "
-              f"{r['mean_accepted_length'] or ''} | {r['draft_ms_per_token'] or ''} | {r['same_tokens']} |")
+        speedup = f"{r['speedup']}x" if r["speedup"] is not None else ""
+        print(f"| {r['engine']} | {r['task']} | {r['decoder']} | {r['tok_s']} | {speedup} | "
+              f"{r['mean_accepted_length'] or ''} | {r['draft_ms_per_token'] or ''} | {r['same_tokens'] or ''} |")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Fine-tune the runtime's torch model: supervised (full or LoRA) or GRPO with chunk-wise rollout;
-train an Eagle draft head; write FR-Spec frequency files.
+"""Fine-tune the runtime's torch model (SFT, GRPO), train an Eagle draft head, write FR-Spec files.
+
+Supervised fine-tuning is full or LoRA; GRPO uses chunk-wise rollout.
 
     minicpm train sft    --config training/configs/smollm2_mcp_lora.yaml
     minicpm train rl     --config training/configs/smollm2_mcp_rl.yaml
