@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frspec-vocab", type=int, default=8192, metavar="N", help="FR-Spec vocabulary (8192)")
     parser.add_argument("--prompts", type=int, default=6, metavar="N", help="abstracts per task (6)")
     parser.add_argument("--max-tokens", type=int, default=96, metavar="N", help="tokens per reply at most (96)")
-    parser.add_argument("--draft-max", type=int, default=4, metavar="N", help="Eagle draft tokens per forward (4)")
+    parser.add_argument("--draft-max", type=int, default=3, metavar="N", help="Eagle draft tokens per forward (3)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--out", type=Path, default=RESULTS / "eagle.json", help="where to write the JSON")
 

@@ -9,8 +9,9 @@ unrelated blocks (the hardest case for a CPU implementation):
 - the size of the compressed keys.
 Part `model`: the embedded SmolLM2 in bfloat16 with sparse attention forced on, over real text
 (arXiv abstracts from ../shared/data when present), prefilled in the runtime's 512-token chunks
-to 16K, 32K and 64K tokens with 16 greedy decode steps at each: torch sparse, torch dense and
-llama.cpp (llama-cpp-python, dense, same thread count). Each engine runs in its own process,
+to 16K, 32K and 64K tokens with 16 greedy decode steps at each: torch sparse, torch dense,
+llama.cpp (llama-cpp-python, dense, same thread count) and torch sparse with --quant int4
+(`--engines` picks some). Each engine runs in its own process,
 so its peak RSS is its own.
 
 Writes benchmarks/results/sparse_attention.json (or --out) and prints a table.
@@ -32,7 +33,7 @@ from pathlib import Path
 from benchmarks.common import ENGLISH_TEXT, RESULTS, script_main, write_json
 
 ARXIV = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv" / "arxiv_cs_ai_sample10k.jsonl.gz"
-ENGINES = ("torch-sparse", "torch-dense", "llama.cpp")
+ENGINES = ("torch-sparse", "torch-dense", "llama.cpp", "torch-sparse-int4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill", type=int, default=32768, metavar="N", help="attention prefill length")
     parser.add_argument("--model-contexts", type=int, nargs="+", default=[16384, 32768, 65536], metavar="N")
     parser.add_argument("--decode-tokens", type=int, default=16, metavar="N")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
+                        help="model part: the engines to run (default: all; torch-sparse-int4 is --quant int4)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
     parser.add_argument("--out", type=Path, default=RESULTS / "sparse_attention.json")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)  # one engine, in a child process
@@ -135,7 +138,8 @@ def model_worker(engine: str, contexts: list[int], decode_tokens: int, threads: 
     from runtime.sparse_attention import SparseSettings, compressed_cache_bytes
 
     torch.set_num_threads(threads)
-    loaded = load_torch_model("default", dtype="bfloat16")
+    int4 = engine == "torch-sparse-int4"  # --quant int4: float32 activations, int4 weights (lm_head int8)
+    loaded = load_torch_model("default", dtype="float32" if int4 else "bfloat16", quant="int4" if int4 else "none")
     ids = long_text_ids(loaded.tokenizer.encode, max(contexts))
     points, prefill_s, done = [], 0.0, 0
     if engine == "llama.cpp":
@@ -152,7 +156,7 @@ def model_worker(engine: str, contexts: list[int], decode_tokens: int, threads: 
             return int(np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).argmax())
     else:
         model = loaded.model
-        model.sparse = SparseSettings() if engine == "torch-sparse" else None
+        model.sparse = SparseSettings() if engine.startswith("torch-sparse") else None
         cache = model.new_cache(capacity=max(contexts) + len(contexts) * decode_tokens)
 
         def step(tokens):
@@ -175,7 +179,7 @@ def model_worker(engine: str, contexts: list[int], decode_tokens: int, threads: 
         point = {"context": context, "prefill_seconds_so_far": prefill_s,
                  "decode_tokens_per_second": decode_tokens / decode_s,
                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        if engine == "torch-sparse" and cache.compressed:
+        if engine.startswith("torch-sparse") and cache.compressed:
             point["compressed_key_bytes"] = compressed_cache_bytes(cache.compressed)
         points.append(point)
         print(json.dumps({"engine": engine, **point}), file=sys.stderr, flush=True)
@@ -184,7 +188,7 @@ def model_worker(engine: str, contexts: list[int], decode_tokens: int, threads: 
 
 def model_part(args, threads: int) -> dict:
     runs = []
-    for engine in ENGINES:
+    for engine in args.engines:
         cmd = [sys.executable, "-m", "benchmarks.sparse_attention", "--worker", engine, "--threads", str(threads),
                "--decode-tokens", str(args.decode_tokens), "--model-contexts", *map(str, args.model_contexts)]
         result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
@@ -192,7 +196,7 @@ def model_part(args, threads: int) -> dict:
     by_engine = {run["engine"]: {p["context"]: p for p in run["points"]} for run in runs}
     for context in args.model_contexts:
         line = [f"context {context:>6}:"]
-        for engine in ENGINES:
+        for engine in args.engines:
             p = by_engine[engine][context]
             line.append(f"{engine} decode {p['decode_tokens_per_second']:5.1f} tok/s "
                         f"(prefill so far {p['prefill_seconds_so_far']:6.1f} s, peak RSS {p['peak_rss_bytes'] / 2**30:.2f} GiB)")

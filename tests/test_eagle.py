@@ -106,7 +106,8 @@ def test_greedy_eagle_gives_the_tokens_of_plain_greedy(tiny, target_config, tmp_
         assert draft.vocab.size == 64 and set(tiny.tokenizer.stop_token_ids) <= set(draft.vocab.ids.tolist())
 
 
-def test_eagle_sampling_is_seeded_and_keeps_the_budget_and_stops(tiny, target_config, tmp_path):
+def test_eagle_sampling_is_seeded_and_keeps_the_budget_and_stops(tiny, target_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(eagle_module, "DRAFT_CONFIDENCE", 0.0)
     folder, _ = upstream_head(tmp_path / "head", target_config)
     draft = load_eagle_draft(folder, tiny.model, set(tiny.tokenizer.stop_token_ids))
     prompt = tiny.tokenizer.encode("We hold these truths to be self-evident")
@@ -184,12 +185,14 @@ def test_the_backend_checks_the_draft_flags_before_loading():
         check_draft_options("lookup", None, 4096)
 
 
-def test_the_drafters_head_cache_holds_what_one_pass_over_the_kept_sequence_gives(tiny, target_config, tmp_path):
+def test_the_drafters_head_cache_holds_what_one_pass_over_the_kept_sequence_gives(tiny, target_config, tmp_path,
+                                                                                  monkeypatch):
     """However the target's states arrive (prefill chunks, verifications keeping 1 to 3 positions),
     the head's cache ends up as one pass over (state at i, token i+1) would fill it: drafts never
     shift the pairing, and positions built from guessed states are gone."""
     folder, _ = upstream_head(tmp_path / "head", target_config)
     draft = load_eagle_draft(folder, tiny.model, set(tiny.tokenizer.stop_token_ids))
+    monkeypatch.setattr(eagle_module, "DRAFT_CONFIDENCE", 0.0)
     seq = tiny.tokenizer.encode("We hold these truths to be self-evident, that all men are created equal, that "
                                 "they are endowed by their Creator with certain unalienable Rights")[:40]
     with torch.inference_mode():
