@@ -105,8 +105,13 @@ def load_config(cls: type[T], path: Path, overrides: dict[str, Any] | None = Non
         value = raw.get(name)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             raw[name] = str((path.parent / value).resolve())
-    for name in getattr(cls, "MAYBE_PATH_FIELDS", ()):  # a model or adapter: a path only if one exists there
-        value = raw.get(name)
+    def maybe_path(value):
         if isinstance(value, str) and value and not Path(value).is_absolute() and (path.parent / value).exists():
-            raw[name] = str((path.parent / value).resolve())
+            return str((path.parent / value).resolve())
+        return value
+
+    for name in getattr(cls, "MAYBE_PATH_FIELDS", ()):  # a model or adapter: a path only if one exists there
+        if name in raw:
+            value = raw[name]
+            raw[name] = [maybe_path(v) for v in value] if isinstance(value, list) else maybe_path(value)
     return from_mapping(cls, raw, path.name)

@@ -48,8 +48,9 @@ class EagleConfig:
 
     out: str  # run folder: checkpoint, log, head
     model: str = "default"  # the target: any model reference the runtime takes
-    data: str = "abstracts"  # abstracts (the paper corpus's sample) | a .txt or .jsonl ({"text": ...}) file
-    limit: int | None = 2000  # texts used at most (abstracts: the first N, away from the benchmarks' last ones)
+    # abstracts (the paper corpus's sample) | a .txt or .jsonl ({"text": ...}) file, or a list of them
+    data: str | list[str] = "abstracts"
+    limit: int | None = 2000  # texts used at most from each source (abstracts: the first N)
     seq_len: int = 256  # tokens per row
     holdout_rows: int = 8  # rows kept out of training for the agreement score
     layers: int = 1  # decoder layers in the head
@@ -241,7 +242,10 @@ def train_eagle(cfg: EagleConfig, log=print, progress: bool = True, stop_after: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    texts, data_bytes = read_texts(cfg.data, cfg.limit)  # before the model loads: a bad path fails fast
+    texts, data_bytes = [], b""
+    for source in [cfg.data] if isinstance(cfg.data, str) else cfg.data:  # before the model loads: bad paths fail fast
+        more, raw = read_texts(source, cfg.limit)
+        texts, data_bytes = texts + more, data_bytes + raw
     out = Path(cfg.out)
     loaded = load_torch_model(cfg.model, dtype="float32")
     target = loaded.model.eval().requires_grad_(False)
