@@ -122,3 +122,20 @@ def test_generate_with_a_trained_head_and_frspec_on_the_command_line(tmp_path, t
     assert "no frequency file with at least 256 ids" in capsys.readouterr().err
     assert main([*args, "--speculative", "eagle"]) == 1
     assert "needs --draft-model" in capsys.readouterr().err
+
+
+def test_eagle_data_sources_are_read_and_bad_ones_named(tmp_path, tiny_minicpm, corpus):
+    from training.batches import TrainingDataError
+    from training.eagle import read_texts
+
+    lines = tmp_path / "more.jsonl"
+    lines.write_text('{"text": "one sample"}\n\n{"text": "two"}\n', encoding="utf-8")
+    cfg = config(tmp_path / "cfg", tiny_minicpm, corpus, data=[str(corpus), "../more.jsonl"], limit=5)
+    assert cfg.data == [str(corpus), str(lines)]  # a relative path resolves against the config's folder
+    assert read_texts(str(lines), None)[0] == ["one sample", "two"]
+    assert len(read_texts(str(corpus), 5)[0]) == 5
+    lines.write_text('{"txt": "x"}\n', encoding="utf-8")
+    with pytest.raises(TrainingDataError, match=r'more.jsonl:1: expected an object with a "text" string'):
+        read_texts(str(lines), None)
+    with pytest.raises(TrainingDataError, match="does not exist"):
+        read_texts(str(tmp_path / "missing.txt"), None)
