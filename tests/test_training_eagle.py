@@ -139,3 +139,24 @@ def test_eagle_data_sources_are_read_and_bad_ones_named(tmp_path, tiny_minicpm, 
         read_texts(str(lines), None)
     with pytest.raises(TrainingDataError, match="does not exist"):
         read_texts(str(tmp_path / "missing.txt"), None)
+
+
+def test_the_self_distillation_builder_writes_prompts_with_the_models_greedy_replies(tmp_path):
+    from tiny_checkpoint import make_checkpoint
+
+    from runtime.backends.torch_backend import TorchBackend
+    from runtime.events import SamplingParams as Params
+    from training.data.eagle_distill import build
+
+    # the survey agent's paragraph prompt is over 1,000 tokens with the tiny tokenizer
+    tiny_minicpm = make_checkpoint(tmp_path / "long", max_position_embeddings=4096)
+    out = tmp_path / "distill.jsonl"
+    assert build(1, 6, out, model=str(tiny_minicpm)) == 2  # a paragraph prompt and a one-sentence prompt
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    backend = TorchBackend.load(str(tiny_minicpm), quant="int4")
+    for row in rows:
+        prompt, _, reply = row["text"].rpartition("<|im_start|>assistant\n")
+        assert prompt and "In one sentence" in rows[1]["text"]
+        greedy = [e.token for e in backend.generate_tokens(backend.tokenize(prompt + "<|im_start|>assistant\n"),
+                                                           Params(max_tokens=6, temperature=0)) if e.token is not None]
+        assert reply == backend.decode(greedy)
