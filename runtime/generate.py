@@ -99,10 +99,11 @@ def generate_steps(
     while True:
         for token, token_logits in pending:
             step = scored_step(token_logits, token, params, len(prompt))
-            if drafted:
+            if drafted or draft_seconds:  # a draft that came out empty still took the drafter's time
                 step = dataclasses.replace(step, drafted=drafted, accepted=accepted, draft_seconds=draft_seconds)
             yield step
             drafted = accepted = 0  # counted once, on the first token of the verification
+            draft_seconds = 0.0
             emitted += 1
             if token in stop_ids or emitted == budget:
                 return

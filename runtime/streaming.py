@@ -44,7 +44,7 @@ class Step:
     # checked and how many of them it accepted.
     drafted: int = 0
     accepted: int = 0
-    draft_seconds: float = 0.0  # time the drafter took to propose them
+    draft_seconds: float = 0.0  # time the drafter took for this step's draft (even one that came out empty)
 
 
 class StreamingDetokenizer:
@@ -165,7 +165,7 @@ def events_from_steps(
         n_out += 1
         if step.drafted:
             drafted, accepted, verifications = drafted + step.drafted, accepted + step.accepted, verifications + 1
-            drafting += step.draft_seconds
+        drafting += step.draft_seconds
         scored = {"token": step.token, "logprob": step.logprob, "top_logprobs": step.top_logprobs}
         if step.token in stop_ids:
             yield event(prompt_processed=n_prompt, **scored)  # the stop token has no text
