@@ -267,6 +267,13 @@ def read_frequency_file(path: Path, vocab_size: int) -> list[int]:
     return ids
 
 
+def frequency_ids(ranked: list[int], size: int, stop_ids: list[int]) -> list[int]:
+    """The `size` most frequent of `ranked` with every stop id kept in place of the least frequent,
+    as upstream builds its files (size must exceed len(stop_ids))."""
+    kept = [t for t in ranked if t not in stop_ids][: size - len(stop_ids)]
+    return kept + list(stop_ids)
+
+
 def frspec_vocabulary(folder: Path, size: int, stop_ids: set[int], vocab_size: int) -> list[int]:
     """The `size` most frequent tokens, from the smallest freq_N.pt in `folder` with N >= size,
     with every stop id kept (a draft that cannot propose the end would run past it)."""
@@ -288,8 +295,7 @@ def frspec_vocabulary(folder: Path, size: int, stop_ids: set[int], vocab_size: i
     stops = [s for s in sorted(stop_ids) if s < vocab_size]
     if size <= len(stops):
         raise ModelLoadError(f"--frspec-vocab {size} leaves no room beside the {len(stops)} stop ids; ask for more")
-    keep = [i for i in ranked if i not in stops][: size - len(stops)]
-    return keep + stops
+    return frequency_ids(ranked, size, stops)
 
 
 @dataclasses.dataclass

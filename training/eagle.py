@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 
 from training.batches import TrainingDataError
-from training.config import ConfigError
 
 
 @dataclass
@@ -107,17 +106,9 @@ def read_texts(data: str, limit: int | None) -> tuple[list[str], bytes]:
                                     "'abstracts')")
         raw = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
-            texts = []
-            for n, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TrainingDataError(f"{path}:{n}: not JSON ({exc})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise TrainingDataError(f"{path}:{n}: expected an object with a \"text\" string")
-                texts.append(row["text"])
+            from training.data.mcp_trajectories import read_jsonl
+
+            texts = [row["text"] for row in read_jsonl(path, "training text", field="text", kind=str)]
         else:
             texts = [p.strip() for p in raw.split("\n\n") if p.strip()]
     texts = texts[:limit]
@@ -235,7 +226,6 @@ def save_eagle_head(head, target_config, folder: Path, dtype: torch.dtype = torc
 def train_eagle(cfg: EagleConfig, log=print, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) the head training cfg describes; returns a summary (the head's folder, the
     held-out agreement before and after)."""
-    from runtime.atomic import atomic_write_text
     from runtime.loading import load_torch_model
     from training.sft import Checkpoint, _progress, fingerprint, lr_at
 
@@ -262,19 +252,9 @@ def train_eagle(cfg: EagleConfig, log=print, progress: bool = True, stop_after: 
     checkpoint = Checkpoint(out / "checkpoint")
     print_ = fingerprint(cfg, data_bytes)
     step, elapsed = 0, 0.0
-    if checkpoint.exists:
-        state = json.loads((checkpoint.folder / "state.json").read_text(encoding="utf-8"))
-        if state.get("fingerprint") != print_:
-            raise ConfigError(f"{checkpoint.folder} was trained with other data or settings; use a new `out` folder "
-                              "(or delete that checkpoint to start over)")
-        state = checkpoint.load(head, optimizer)
+    state = checkpoint.resume(head, optimizer, print_, log)
+    if state is not None:
         step, elapsed = state["step"], state["elapsed"]
-        log(f"resuming at step {step} of {total} from {checkpoint.folder}")
-        log_file = out / "log.jsonl"
-        if log_file.is_file():
-            kept = [line for line in log_file.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            atomic_write_text(log_file, "".join(line + "\n" for line in kept))
     log(f"Eagle head for {loaded.source.label}: {cfg.layers} layer(s), {sum(p.numel() for p in trainable):,} "
         f"parameters; {train_n} rows of {cfg.seq_len} tokens to train on, {cfg.holdout_rows} held out; {total} steps")
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import io
 from collections import Counter
 from pathlib import Path
 
+from runtime.eagle import frequency_ids
+
 
 def rank_tokens(tokenizer, texts: list[str]) -> tuple[list[int], Counter]:
     """Token ids by count, most frequent first (ties by id, so the ranking is reproducible)."""
@@ -23,12 +25,6 @@ def rank_tokens(tokenizer, texts: list[str]) -> tuple[list[int], Counter]:
     for text in texts:
         counts.update(tokenizer.encode(text, add_bos=False))
     return sorted(counts, key=lambda t: (-counts[t], t)), counts
-
-
-def frequency_ids(ranked: list[int], size: int, stop_ids: list[int]) -> list[int]:
-    """The `size` most frequent ids with every stop id kept, as upstream builds its files."""
-    kept = [t for t in ranked if t not in stop_ids][: size - len(stop_ids)]
-    return kept + list(stop_ids)
 
 
 def write_frequency_files(model: str, data: str, sizes: list[int], out: Path, limit: int | None = None,

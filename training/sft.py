@@ -177,6 +177,27 @@ class Checkpoint:
         (staging / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
         replace_folder(staging, self.folder)
 
+    def resume(self, model, optimizer, fingerprint: str, log) -> dict[str, Any] | None:
+        """The saved state when a checkpoint of this run (same fingerprint) exists, its weights and
+        optimizer loaded and <out>/log.jsonl cut back to its step; None for a fresh start. A
+        checkpoint of other data or settings is refused rather than mixed in."""
+        from runtime.atomic import atomic_write_text
+
+        if not self.exists:
+            return None
+        state = json.loads((self.folder / "state.json").read_text(encoding="utf-8"))
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{self.folder} was trained with other data or settings; use a new `out` folder "
+                              "(or delete that checkpoint to start over)")
+        state = self.load(model, optimizer)
+        log(f"resuming at step {state['step']} of {state['total']} from {self.folder}")
+        log_file = self.folder.parent / "log.jsonl"
+        if log_file.is_file():  # steps logged after the checkpoint are trained again: log them once
+            kept = [line for line in log_file.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= state["step"]]
+            atomic_write_text(log_file, "".join(line + "\n" for line in kept))
+        return state
+
     def load(self, model, optimizer) -> dict[str, Any]:
         from safetensors.torch import load_file
 
@@ -205,7 +226,6 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
     """Run (or resume) the fine-tune cfg describes; returns a summary with the outputs' paths.
     stop_after: leave after that many steps of this call, checkpointed, without writing outputs (an
     interrupted run; running again resumes), as `minicpm train sft --stop-after N` does."""
-    from runtime.atomic import atomic_write_text
     from runtime.loading import load_torch_model
     from training import lora
 
@@ -233,19 +253,9 @@ def train_sft(cfg: SFTConfig, log=print, progress: bool = True, stop_after: int 
     checkpoint = Checkpoint(out / "checkpoint")
     print_ = fingerprint(cfg, data_bytes)
     step, tokens_seen, elapsed = 0, 0, 0.0
-    if checkpoint.exists:
-        state = json.loads((checkpoint.folder / "state.json").read_text(encoding="utf-8"))
-        if state.get("fingerprint") != print_:
-            raise ConfigError(f"{checkpoint.folder} was trained with other data or settings; use a new `out` folder "
-                              "(or delete that checkpoint to start over)")
-        state = checkpoint.load(model, optimizer)
+    state = checkpoint.resume(model, optimizer, print_, log)
+    if state is not None:
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
-        log(f"resuming at step {step} of {total} from {checkpoint.folder}")
-        log_file = out / "log.jsonl"
-        if log_file.is_file():  # steps logged after the checkpoint are trained again: log them once
-            kept = [line for line in log_file.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            atomic_write_text(log_file, "".join(line + "\n" for line in kept))
     n_trainable = sum(p.numel() for p in trainable)
     log(f"{cfg.method} fine-tune of {loaded.source.label}: {len(examples)} samples in {len(rows)} packed rows "
         f"of <= {cfg.max_tokens} tokens, {sum(e.targets for e in examples)} target tokens; {total} steps of "

@@ -136,7 +136,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows))
 
 
-def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, what: str, field: str = "messages", kind: type = list) -> list[dict[str, Any]]:
+    """The objects of a JSONL file, each required to hold `field` of type `kind` (a conversation's
+    messages list by default; the Eagle trainer reads {"text": str})."""
     from training.batches import TrainingDataError
 
     if not Path(path).is_file():
@@ -149,8 +151,9 @@ def read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TrainingDataError(f"{path}:{n}: not JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
-            raise TrainingDataError(f"{path}:{n}: a sample is an object with a 'messages' list")
+        if not isinstance(row, dict) or not isinstance(row.get(field), kind):
+            noun = {list: "list", str: "string"}.get(kind, kind.__name__)
+            raise TrainingDataError(f'{path}:{n}: expected an object with a "{field}" {noun}')
         rows.append(row)
     if not rows:
         raise TrainingDataError(f"{path} holds no samples")
