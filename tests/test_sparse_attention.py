@@ -246,6 +246,33 @@ def test_the_c_kernel_in_bfloat16_stays_close_to_float32():
     assert (half.float() - exact).abs().max() < 0.02
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_c_kernel_gives_a_query_the_same_numbers_alone_or_in_a_chunk(dtype):
+    """A decode step (one query: its keys are split between threads, then merged) and the same query
+    in a chunk (whole queries per thread) must agree to the bit, in both stages: speculative
+    verification relies on a query's output not depending on what came with it."""
+    from runtime import cpu_kernel
+
+    st = SparseSettings()  # MiniCPM4-8B's defaults, 4,000+ keys per query: several key spans
+    q, k, v = qkv(9, 3, 12_000, 64, seed=12, dtype=dtype)
+    compressed = CompressedKeys(st, 1, 3, 64, 12_000, dtype)
+    compressed.update(k[None])
+    start, t = 11_904, 40  # a chunk inside one 64-token block
+    qg = q[:, start : start + t].reshape(3, 3, t, 64)
+    chosen, values = select_blocks(qg, compressed, start, start + t)
+    one_c, one_v = select_blocks(qg[:, :, 7:8], compressed, start + 7, start + 8)
+    assert torch.equal(one_c, chosen[:, 7:8]) and torch.equal(one_v, values[:, 7:8])
+    ranges = torch.tensor([[[[0, 64 + i], [3000, 5100 + i], [6400, 6464], [9600, 9664]] for i in range(t)]] * 3)
+    together = cpu_kernel.attend_ranges(qg, k, v, ranges)
+    alone = cpu_kernel.attend_ranges(qg[:, :, 7:8], k, v, ranges[:, 7:8])
+    assert torch.equal(alone, together[:, :, 7:8])
+    ref = dense_attention(qg[:, :, 7:8].reshape(1, 9, 1, 64).float(), k[None, :, :64 + 7].float(),
+                          v[None, :, :64 + 7].float(), 0)  # the first range alone, as a check on the merge
+    first = cpu_kernel.attend_ranges(qg[:, :, 7:8], k, v, ranges[:, 7:8, :1])
+    torch.testing.assert_close(first.float().reshape(1, 9, 1, 64), ref, atol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                               rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 def both_selections(q, k, q_start, st, monkeypatch):
     """(torch, C) stage-1 selections for the same inputs."""
     from runtime import cpu_kernel
