@@ -227,8 +227,8 @@ def select_blocks(q: torch.Tensor, compressed, q_start: int, length: int) -> tup
     st = compressed.settings
     hkv, g, t, d = q.shape
     q = q.contiguous()
-    c1 = compressed.visible(0)[0][0]
-    c2 = compressed.visible(1)[0][0] if st.use_lse else None
+    c1 = compressed.keys(0)[0]
+    c2 = compressed.keys(1)[0] if st.use_lse else None
     for keys in (c1, c2):
         if keys is not None and keys.shape[1] and not _rows_ok(keys, d):
             raise ValueError("compressed keys need contiguous, 16-byte aligned rows")

@@ -159,12 +159,15 @@ class CompressedKeys:
         for i, (size, stride) in enumerate(self.kernels):
             self.counts[i] = min(self.counts[i], (length - size) // stride + 1 if length >= size else 0)
 
+    def keys(self, kind: int) -> torch.Tensor:
+        """The kernels computed so far, [B, Hkv, n, D], of kind 0 (C1) or 1 (C2)."""
+        return self.stores[kind][:, :, : self.counts[kind]]
+
     def visible(self, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [B, Hkv, n, D], last token position of each kernel [n]) for kernel kind 0 (C1) or 1 (C2)."""
         size, stride = self.kernels[kind]
-        n = self.counts[kind]
-        ends = torch.arange(n, device=self.stores[kind].device) * stride + size - 1
-        return self.stores[kind][:, :, :n], ends
+        keys = self.keys(kind)
+        return keys, torch.arange(keys.shape[2], device=keys.device) * stride + size - 1
 
 
 def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,8 +182,8 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     hkv, g, t, d = q.shape
     n_blocks = -(-length // st.block_size)
     if cpu_kernel.available(d, q.dtype) and q.device.type == "cpu":  # the same computation, fused in C
-        c2 = compressed.visible(1)[0][0] if st.use_lse else None
-        return cpu_kernel.select_blocks(q, compressed.visible(0)[0][0], c2, q_start, compressed.kernels,
+        c2 = compressed.keys(1)[0] if st.use_lse else None
+        return cpu_kernel.select_blocks(q, compressed.keys(0)[0], c2, q_start, compressed.kernels,
                                         st.block_size, st.init_blocks, st.local_blocks, n_blocks,
                                         min(st.selected_blocks, n_blocks))
     scale = d**-0.5

@@ -391,43 +391,93 @@ static inline int64_t visible_kernels(int64_t pos, int64_t n, int64_t size, int6
     return v < n ? v : n;
 }
 
-/* Logits of query head qg (scaled) against kernels [j0, j0 + VW) of keys (n visible), -inf past n. */
-static inline vfloat logits_v(const Selection *a, const float *qg, const void *keys, int64_t head_at, int64_t j0,
-                              int64_t n) {
-    float lanes[VW] __attribute__((aligned(64))), scratch[MAX_DIM];
-    for (int64_t j = 0; j < VW; j++)
-        lanes[j] = j0 + j < n ? dot(qg, as_f32(keys, a->bf16, head_at + (j0 + j) * a->D, a->D, scratch), a->D)
-                              : -INFINITY;
-    return load_v(lanes);
-}
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLE 1
+#endif
+#endif
 
-/* Head qg's log-sum-exp over the coarse kernels it sees, or over C1 when exact or before any C2. */
-__attribute__((noinline)) static float head_lse(const Selection *a, const float *qg, int64_t h, int64_t vis1,
-                                                int64_t vis2) {
-    const void *keys = vis2 ? a->c2 : a->c1;
-    const int64_t n = vis2 ? vis2 : vis1, head_at = h * (vis2 ? a->c2_stride : a->c1_stride);
-    float peak = -INFINITY, sum = 0.0f;
-    for (int64_t j0 = 0; j0 < n; j0 += VW) { /* online: rescale the sum when the peak rises */
-        const vfloat x = logits_v(a, qg, keys, head_at, j0, n);
-        const float top = max_v(x);
-        if (top > peak) {
-            sum = peak == -INFINITY ? 0.0f : sum * expf(peak - top);
-            peak = top;
+#ifdef HAVE_SHUFFLE
+/* Lane i of the result: the sum of the lanes of x[i]. Sixteen sums in 15 shuffle-and-add steps,
+ * where one at a time costs a reduction each. */
+static inline vfloat sum_lanes16(const vfloat *x) {
+    vfloat a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = __builtin_shufflevector(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30,
+                                       31);
+    for (int i = 0; i < 4; i++)
+        b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                                       31);
+    for (int i = 0; i < 2; i++)
+        c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                                       31);
+    return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+#endif
+
+/* Logits of query head qg (scaled) against m <= VW rows (float32, stride D); -inf past m. */
+static inline vfloat logits_v(const float *qg, const float *rows, int64_t m, int64_t D) {
+    vfloat out;
+#ifdef HAVE_SHUFFLE
+    if (D % VW == 0) {
+        vfloat partial[VW];
+        for (int64_t j = 0; j < VW; j++) {
+            vfloat s = {0};
+            if (j < m)
+                for (int64_t d = 0; d < D; d += VW) s += load_v(qg + d) * load_v(rows + j * D + d);
+            partial[j] = s;
         }
-        sum += sum_v(exp_v(x - peak));
-    }
-    return peak == -INFINITY ? 0.0f : peak + logf(sum); /* nothing visible: every probability is 0 anyway */
+        out = sum_lanes16(partial);
+    } else
+#endif
+        for (int64_t j = 0; j < VW; j++) out[j] = j < m ? dot(qg, rows + j * D, D) : 0.0f;
+    for (int64_t j = m; j < VW; j++) out[j] = -INFINITY;
+    return out;
 }
 
-/* score[j] for kernels j in [j0, j1): the group's sum of exp(logit - lse), capped as in the torch
- * path; 0 for kernels the query does not see. qf: [G][D], scaled. */
+/* lse[g] for heads g0 <= g < g1: each head's log-sum-exp over the coarse kernels it sees, or over
+ * C1 when exact or before any C2; online over blocks of VW kernels, each block read once for all
+ * the heads. qf: [G][D], scaled. */
+__attribute__((noinline)) static void head_lse(const Selection *a, const float *qf, int64_t h, int64_t vis1,
+                                               int64_t vis2, int64_t g0, int64_t g1, float *lse) {
+    const void *keys = vis2 ? a->c2 : a->c1;
+    const int64_t n = vis2 ? vis2 : vis1, head_at = h * (vis2 ? a->c2_stride : a->c1_stride), D = a->D;
+    float peak[MAX_GROUPS], sum[MAX_GROUPS], scratch[VW * MAX_DIM];
+    for (int64_t g = g0; g < g1; g++) peak[g] = -INFINITY, sum[g] = 0.0f;
+    for (int64_t j0 = 0; j0 < n; j0 += VW) {
+        const int64_t m = n - j0 < VW ? n - j0 : VW;
+        const float *rows = as_f32(keys, a->bf16, head_at + j0 * D, m * D, scratch);
+        for (int64_t g = g0; g < g1; g++) { /* online: rescale the sum when the peak rises */
+            const vfloat x = logits_v(qf + g * D, rows, m, D);
+            const float top = max_v(x);
+            if (top > peak[g]) {
+                sum[g] = peak[g] == -INFINITY ? 0.0f : sum[g] * expf(peak[g] - top);
+                peak[g] = top;
+            }
+            sum[g] += sum_v(exp_v(x - peak[g]));
+        }
+    }
+    for (int64_t g = g0; g < g1; g++) /* nothing visible: every probability is 0 anyway */
+        lse[g] = peak[g] == -INFINITY ? 0.0f : peak[g] + logf(sum[g]);
+}
+
+/* score[j] for kernels j in [j0, j1) (j0 a multiple of VW): the group's sum of exp(logit - lse),
+ * capped as in the torch path; 0 for kernels the query does not see. qf: [G][D], scaled. */
 __attribute__((noinline)) static void kernel_scores(const Selection *a, const float *qf, const float *lse, int64_t h,
                                                     int64_t vis1, int64_t j0, int64_t j1, float *score) {
+    const int64_t D = a->D, end = j1 < vis1 ? j1 : vis1;
+    float scratch[VW * MAX_DIM];
     for (int64_t j = j0; j < j1; j += VW) {
         vfloat total = {0};
-        for (int64_t g = 0; g < a->G; g++) {
-            const vfloat x = logits_v(a, qf + g * a->D, a->c1, h * a->c1_stride, j, vis1);
-            total += exp_v(min_v(x - lse[g], splat(MAX_EXPONENT)));
+        if (j < end) {
+            const int64_t m = end - j < VW ? end - j : VW;
+            const float *rows = as_f32(a->c1, a->bf16, h * a->c1_stride + j * D, m * D, scratch);
+            for (int64_t g = 0; g < a->G; g++)
+                total += exp_v(min_v(logits_v(qf + g * D, rows, m, D) - lse[g], splat(MAX_EXPONENT)));
         }
         for (int64_t i = 0; i < VW && j + i < j1; i++) score[j + i] = total[i];
     }
@@ -509,7 +559,7 @@ static int select_blocks(const Selection *a, int64_t *chosen, float *values, int
                 int64_t vis1, vis2;
                 pair_visibility(a, t, &vis1, &vis2);
                 load_query(qf, a->q, a->bf16, h, t, G, a->T, D, a->scale);
-                for (int64_t g = 0; g < G; g++) lse[g] = head_lse(a, qf + g * D, h, vis1, vis2);
+                head_lse(a, qf, h, vis1, vis2, 0, G, lse);
                 kernel_scores(a, qf, lse, h, vis1, 0, n1, score);
                 choose_blocks(a, h, t, score, heap, chosen, values);
             }
@@ -533,7 +583,7 @@ static int select_blocks(const Selection *a, int64_t *chosen, float *values, int
                 const int64_t i = task / G, g = task % G;
                 int64_t vis1, vis2;
                 pair_visibility(a, i % a->T, &vis1, &vis2);
-                lse[task] = head_lse(a, qf + (i * G + g) * D, i / a->T, vis1, vis2);
+                head_lse(a, qf + i * G * D, i / a->T, vis1, vis2, g, g + 1, lse + i * G);
             }
             _Pragma("omp for schedule(dynamic)") for (int64_t task = 0; task < pairs * slices; task++) {
                 const int64_t i = task / slices, j0 = (task % slices) * SLICE;
