@@ -101,6 +101,21 @@ def test_outputs_match_the_reference(chunks):
     torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [8, 24, 40])  # the C kernel's scalar tails: not multiples of its 16-float vectors
+def test_head_dims_off_the_vector_width_match_the_reference(dim):
+    length = 517
+    q, k, v = qkv(6, 2, length, dim, seed=dim)
+    ref, _, selections, ref_scores = reference_attention(q, k, v, 0, SMALL)
+    fast_sel = fast_selection(q, k, 0, SMALL)
+    assert_same_selection(fast_sel, selections, ref_scores)
+    same = [i for i in range(length) if all(fast_sel[g, i] == selections[g, i] for g in range(2))]
+    out = fast_attention(q, k, v, 0, SMALL, chunks=[300, 517])
+    torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
+    decoded = fast_attention(q, k, v, 0, SMALL, chunks=list(range(500, 518)))  # one query at a time
+    torch.testing.assert_close(decoded[:, 500:][:, [i - 500 for i in same if i >= 500]],
+                               ref[:, [i for i in same if i >= 500]].float(), atol=1e-5, rtol=1e-5)
+
+
 def test_a_top_k_covering_every_block_is_dense_attention():
     q, k, v = qkv(8, 2, 700, 32, seed=5)
     every = dataclasses.replace(SMALL, topk=1000)
