@@ -201,7 +201,8 @@ def model_part(args, threads: int) -> dict:
             line.append(f"{engine} decode {p['decode_tokens_per_second']:5.1f} tok/s "
                         f"(prefill so far {p['prefill_seconds_so_far']:6.1f} s, peak RSS {p['peak_rss_bytes'] / 2**30:.2f} GiB)")
         print("  ".join(line))
-    return {"model": "default (SmolLM2-135M-Instruct Q4_1, embedded), torch in bfloat16",
+    return {"model": "default (SmolLM2-135M-Instruct Q4_1, embedded); torch-sparse and torch-dense in bfloat16, "
+                     "torch-sparse-int4 in float32 with int4 weights (lm_head int8)",
             "text": "arXiv abstracts" if ARXIV.is_file() else "public-domain English prose, repeated",
             "runs": runs}
 

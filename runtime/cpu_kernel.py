@@ -140,6 +140,8 @@ def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: tor
     fn = lib.infllm_attend_ranges_f32 if q.dtype == torch.float32 else lib.infllm_attend_ranges_bf16
     status = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), ranges.data_ptr(),
                 hkv, g, t, d, ranges.shape[2], k.stride(0), d**-0.5, torch.get_num_threads())
+    if status == 2:
+        raise MemoryError("the InfLLM v2 CPU kernel could not allocate its working memory")
     if status != 0:
         raise ValueError(f"the InfLLM v2 CPU kernel does not take {g} heads per group of dimension {d}")
     return out
@@ -170,6 +172,9 @@ def select_blocks(q: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor | None, q_
                 values.data_ptr(), hkv, g, t, d, c1.shape[1], c1.stride(0), n2, c1.stride(0) if c2 is None else c2.stride(0),
                 q_start, size1, stride1, size2, stride2, block_size, init_blocks, local_blocks, n_blocks, keep,
                 d**-0.5, torch.get_num_threads())
+    if status == 2:
+        raise MemoryError("the InfLLM v2 CPU kernel could not allocate its working memory")
     if status != 0:
-        raise ValueError(f"the InfLLM v2 CPU kernel could not select blocks (status {status}, head_dim {d})")
+        raise ValueError(f"the InfLLM v2 CPU kernel does not take {g} heads per group of dimension {d} "
+                         f"(or {keep} blocks of {n_blocks})")
     return chosen, values

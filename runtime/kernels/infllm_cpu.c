@@ -12,7 +12,8 @@
  *   k, v    [Hkv][.][D]               row r of head h at h * head_stride + r * D
  *   ranges  [Hkv][T][R][2] int64      half-open token ranges per query; empty ranges are skipped
  * Per (head group, query): an online softmax over the ranges in chunks of up to CHUNK keys, in
- * float32 whatever the storage type; scale is 1/sqrt(D).
+ * float32 whatever the storage type; scale is 1/sqrt(D). Returns 0, 1 for shapes it does not take
+ * (G > 32 or D > 256), 2 when out of memory.
  *
  * Speed, measured on the embedded model's decode (3 KV heads, 6,144 keys per query): the work is
  * the exponentials and the products, so both run on whole vectors (GCC/Clang vector extensions:
