@@ -114,9 +114,10 @@ def library() -> ctypes.CDLL | None:
     return _library
 
 
-def available(head_dim: int = 64, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the kernels run here for this head dimension (up to 256) and dtype (float32, bfloat16)."""
-    return head_dim <= 256 and dtype in (torch.float32, torch.bfloat16) and library() is not None
+def available(head_dim: int = 64, dtype: torch.dtype = torch.float32, groups: int = 1) -> bool:
+    """Whether the kernels run here for this head dimension (up to 256), query heads per KV head (up
+    to 32) and dtype (float32, bfloat16)."""
+    return head_dim <= 256 and groups <= 32 and dtype in (torch.float32, torch.bfloat16) and library() is not None
 
 
 def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:

@@ -181,7 +181,7 @@ def select_blocks(q: torch.Tensor, compressed: CompressedKeys, q_start: int, len
     st = compressed.settings
     hkv, g, t, d = q.shape
     n_blocks = -(-length // st.block_size)
-    if cpu_kernel.available(d, q.dtype) and q.device.type == "cpu":  # the same computation, fused in C
+    if cpu_kernel.available(d, q.dtype, g) and q.device.type == "cpu":  # the same computation, fused in C
         c2 = compressed.keys(1)[0] if st.use_lse else None
         return cpu_kernel.select_blocks(q, compressed.keys(0)[0], c2, q_start, compressed.kernels,
                                         st.block_size, st.init_blocks, st.local_blocks, n_blocks,
@@ -280,7 +280,7 @@ def attend_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chosen: torch
     n_forced = int((first == float("inf")).sum())
     n_scored = int(torch.isfinite(first).sum())
     scored = chosen[..., n_forced : n_forced + n_scored]  # [Hkv, T, Ks]
-    if cpu_kernel.available(d, q.dtype) and q.device.type == "cpu":
+    if cpu_kernel.available(d, q.dtype, g) and q.device.type == "cpu":
         # Each query its own key ranges, read from the cache in place by the C kernel: per key it
         # is as fast as the batched products below and touches only the keys each query chose.
         return cpu_kernel.attend_ranges(q, k, v, query_ranges(q_start, t, init_to, local_from, scored, bs))

@@ -116,6 +116,20 @@ def test_head_dims_off_the_vector_width_match_the_reference(dim):
                                ref[:, [i for i in same if i >= 500]].float(), atol=1e-5, rtol=1e-5)
 
 
+def test_more_than_32_heads_per_group_run_in_torch():
+    """The C kernel takes up to 32 query heads per KV head; a wider group runs the torch path."""
+    from runtime import cpu_kernel
+
+    assert not cpu_kernel.available(16, torch.float32, groups=40)
+    q, k, v = qkv(40, 1, 300, 16, seed=40)
+    ref, _, selections, _ = reference_attention(q, k, v, 0, SMALL)
+    fast_sel = fast_selection(q, k, 0, SMALL)
+    same = [i for i in range(300) if fast_sel[0, i] == selections[0, i]]
+    assert len(same) >= 295
+    out = fast_attention(q, k, v, 0, SMALL)
+    torch.testing.assert_close(out[:, same], ref[:, same].float(), atol=1e-5, rtol=1e-5)
+
+
 def test_a_top_k_covering_every_block_is_dense_attention():
     q, k, v = qkv(8, 2, 700, 32, seed=5)
     every = dataclasses.replace(SMALL, topk=1000)

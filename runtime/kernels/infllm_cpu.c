@@ -66,8 +66,8 @@ static inline vfloat min_v(vfloat a, vfloat b) { /* lane-wise min; a NaN-free in
 }
 
 /* e^x lane by lane: 2^k e^r with k = round(x / ln 2), |r| <= ln(2) / 2, e^r by its Taylor series
- * to degree 7 (relative error below 1e-7, under float32's rounding). x below -87 gives 0 (-inf
- * included); the callers never pass more than 88. */
+ * to degree 7 (relative error within 3e-7 as compiled: -ffast-math may fold the two parts of ln 2
+ * into one). x below -87 gives 0 (-inf included); the callers pass at most 80. */
 static inline vfloat exp_v(vfloat x) {
     const vint tiny = x < -87.0f;
     x = (vfloat)(((vint)x & ~tiny) | ((vint)splat(-87.0f) & tiny));
@@ -75,7 +75,7 @@ static inline vfloat exp_v(vfloat x) {
     const vint sign = (vint)y & (int32_t)0x80000000;
     const vint k = __builtin_convertvector(y + (vfloat)(sign | (vint)splat(0.5f)), vint); /* half away from 0 */
     const vfloat kf = __builtin_convertvector(k, vfloat);
-    vfloat r = x - kf * 0.693145751953125f; /* ln 2 in two parts: the first is exact in kf * ... */
+    vfloat r = x - kf * 0.693145751953125f; /* ln 2 in two parts, the first with few bits: kf times it is exact */
     r = r - kf * 1.428606765330187e-06f;
     vfloat p = splat(1.0f / 5040.0f);
     p = p * r + 1.0f / 720.0f;

@@ -294,7 +294,7 @@ class TypeRenderer:
             docs.append(f"        {idents[name]} ({t}): {schema.get('description', '').strip()}".rstrip())
         # Required parameters first: Python allows no required parameter after a defaulted one.
         signature.sort(key=lambda s: "=" in s)
-        doc = [f'    """', *(f"    {line}" for line in (self.tool.description or "").strip().splitlines())]
+        doc = ['    """', *(f"    {line}" for line in (self.tool.description or "").strip().splitlines())]
         if docs:
             doc += ["", "    Args:", *docs]
         doc.append('    """')
