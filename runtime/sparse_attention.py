@@ -33,10 +33,11 @@ How this CPU path runs it:
   step the kernels completed by the new keys are averaged from the cached keys. The uncompressed
   tail is the cache itself, so nothing is copied; a C1 key appears every 16 tokens and a C2 key every 64.
 - Queries go through in tiles of one query block (64 tokens), whose queries share their forced
-  blocks. Both stages run in a small C kernel (runtime/cpu_kernel.py): stage 1 fused (scores, LSE,
-  group sum, pooling and top-k in one pass per query, which matters for decode, where two dozen
-  small torch operations per layer cost more than the arithmetic), stage 2 reading each query's
-  own key ranges from the cache in place. Without a C compiler both run in torch: stage 1 as
+  blocks. Both stages run in a small C kernel (runtime/cpu_kernel.py, up to 32 query heads per KV
+  head and head_dim 256): stage 1 fused (scores, LSE, group sum, pooling and top-k in one call,
+  which matters for decode, where two dozen small torch operations per layer cost more than the
+  arithmetic), stage 2 reading each query's own key ranges from the cache in place; in a decode
+  step both threads share one query's work. Without a C compiler both run in torch: stage 1 as
   batched products over the compressed keys, stage 2 as one masked product with the tile's union
   of chosen blocks when neighbouring queries chose alike, or with per-query gathers when they did
   not. Stage 1 runs in float32 in both, so they can part only at blocks whose scores tie to
