@@ -93,6 +93,11 @@ def test_frspec_files_rank_the_corpus_tokens_and_keep_the_stop_ids(tmp_path, tin
     assert 0 < cover[16] < cover[64] <= 1
     with pytest.raises(SystemExit, match="--out DIR is required"):
         main(["train", "frspec", "--model", str(tiny_minicpm)])
+    # Flags of one mode given to another are refused, not ignored.
+    with pytest.raises(SystemExit, match=r"minicpm train eagle: --data, --vocab are flags of frspec only"):
+        main(["train", "eagle", "--config", "x.yaml", "--data", str(corpus), "--vocab", "64"])
+    with pytest.raises(SystemExit, match=r"minicpm train frspec: --config does not apply"):
+        main(["train", "frspec", "--config", "x.yaml", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match=r"between 3 \(the stop ids and one more\) and the vocabulary"):
         main(["train", "frspec", "--model", str(tiny_minicpm), "--data", str(corpus), "--vocab", "0",
               "--out", str(tmp_path / "x")])

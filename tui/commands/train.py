@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 
+FRSPEC_DEFAULTS = {"model": "default", "data": "abstracts", "vocab": [8192]}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", choices=("sft", "rl", "eagle", "frspec"),
                         help="sft: supervised fine-tuning; rl: GRPO; eagle: an Eagle draft head for "
@@ -31,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the config's out folder; frspec: where freq_N.pt go (the head's folder)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="sft, eagle: stop after this many optimizer steps, checkpointed; the same command resumes")
+    # frspec's own flags default to None so that run() can tell them apart from flags not given
+    # (FRSPEC_DEFAULTS fills them in): sft, rl and eagle take their settings from --config only.
     frspec = parser.add_argument_group("frspec")
-    frspec.add_argument("--model", default="default", help="whose tokenizer counts the tokens (default: embedded)")
-    frspec.add_argument("--data", default="abstracts",
-                        help="abstracts (the corpus's arXiv sample), a .txt or a .jsonl of {\"text\": ...}")
-    frspec.add_argument("--vocab", type=int, nargs="+", default=[8192], metavar="N",
+    frspec.add_argument("--model", default=None, help="whose tokenizer counts the tokens (default: embedded)")
+    frspec.add_argument("--data", default=None,
+                        help="abstracts (the corpus's arXiv sample), a .txt or a .jsonl of {\"text\": ...} "
+                             "(default: abstracts)")
+    frspec.add_argument("--vocab", type=int, nargs="+", default=None, metavar="N",
                         help="sizes to write, one freq_N.pt each (default: 8192)")
     frspec.add_argument("--limit", type=int, default=None, metavar="N", help="count the first N texts only")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON object")
@@ -50,11 +56,23 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"minicpm: {message}", file=sys.stderr)
 
+    given = [f"--{name}" for name in FRSPEC_DEFAULTS | {"limit": None} if getattr(args, name) is not None]
+    if args.mode != "frspec" and given:
+        raise SystemExit(f"minicpm train {args.mode}: {', '.join(given)} "
+                         f"{'is a flag' if len(given) == 1 else 'are flags'} of frspec only; the run's model and "
+                         "data come from --config")
     if args.mode == "frspec":
         from training.frspec import write_frequency_files
 
+        for flag, value in (("--config", args.config), ("--stop-after", args.stop_after)):
+            if value is not None:
+                raise SystemExit(f"minicpm train frspec: {flag} does not apply (frspec takes --model, --data, "
+                                 "--vocab, --limit and --out)")
         if args.out is None:
             raise SystemExit("minicpm train frspec: --out DIR is required (the Eagle head's folder)")
+        for name, default in FRSPEC_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
         try:
             summary = write_frequency_files(args.model, args.data, args.vocab, Path(args.out), args.limit, log=log)
         except ValueError as exc:
