@@ -322,6 +322,30 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
             options.temperature) == ("long.gguf", "torch", 2048, "int4", "lookup", 0.3)
 
 
+async def test_eagle_decoding_is_chosen_in_the_settings_with_its_head_folder(tmp_path):
+    loads = []
+    backend = ScriptedBackend("drafted")
+    app, store = make_app(tmp_path, backend)
+    app.host._load_backend = lambda name, model, **kw: loads.append(
+        (kw["speculative"], kw["draft_model"], kw["frspec_vocab"])) or backend
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        app.screen.query_one("#speculative").value = "eagle"
+        app.screen.query_one("#save").press()
+        await pilot.pause()
+        assert "needs an Eagle head folder" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#draft_model").value = str(tmp_path / "head")
+        app.screen.query_one("#frspec_vocab").value = "8192"
+        app.screen.query_one("#save").press()
+        await settle(pilot)
+        await send(pilot, "hi")
+    assert ("eagle", str(tmp_path / "head"), 8192) in loads
+    chat = store.list()[0]
+    options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
+    assert (options.speculative, options.draft_model, options.frspec_vocab) == ("eagle", str(tmp_path / "head"), 8192)
+
+
 async def test_export_from_the_history_writes_markdown_and_json(tmp_path):
     app, store = make_app(tmp_path, ScriptedBackend("**Paris**, on the Seine."))
     async with app.run_test(size=(120, 40)) as pilot:

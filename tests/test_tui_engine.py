@@ -245,6 +245,32 @@ def test_the_header_names_quantized_weights(tiny_minicpm):
         ChatOptions(quant="int2")
     drafting = describe_backend(TorchBackend.load(str(tiny_minicpm), speculative="lookup"))
     assert drafting["attention"] == "dense attention · lookup drafts"
-    with pytest.raises(MiniCPMError, match="speculative decoding must be none or lookup"):
-        ChatOptions(speculative="eagle")
+    with pytest.raises(MiniCPMError, match="speculative decoding must be none, lookup or eagle"):
+        ChatOptions(speculative="medusa")
     assert ChatOptions().load_key() != ChatOptions(speculative="lookup").load_key()  # another backend object
+
+
+def test_a_chat_with_eagle_decoding_loads_the_head_and_replies_as_plain_decoding_does(tmp_path, tiny_minicpm):
+    from test_eagle import upstream_head
+    from tui.engine import describe_backend
+
+    with pytest.raises(MiniCPMError, match="eagle decoding needs an Eagle head folder"):
+        ChatOptions(speculative="eagle")
+    with pytest.raises(MiniCPMError, match="apply to eagle decoding only"):
+        ChatOptions(speculative="lookup", frspec_vocab=64)
+    head, _ = upstream_head(tmp_path / "head", json.loads((tiny_minicpm / "config.json").read_text()))
+    plain = ChatOptions(model=str(tiny_minicpm), backend="torch", temperature=0.0, max_tokens=12)
+    eagle = ChatOptions(model=str(tiny_minicpm), backend="torch", temperature=0.0, max_tokens=12,
+                        speculative="eagle", draft_model=str(head))
+    assert ChatOptions.from_settings(eagle.model, eagle.backend, eagle.to_settings()) == eagle
+    assert eagle.load_key() != plain.load_key()
+    messages = [{"role": "user", "content": "Tell me about printing"}]
+    host = ModelHost()
+    replies = {}
+    for name, options in (("plain", plain), ("eagle", eagle)):
+        backend = host.get(options)
+        replies[name] = "".join(e.text for e in stream_reply(backend, messages, options) if isinstance(e, ReplyDelta))
+        if name == "eagle":
+            assert describe_backend(backend)["attention"] == "dense attention · eagle drafts"
+    host.close()
+    assert replies["eagle"] == replies["plain"] and replies["plain"]

@@ -36,7 +36,9 @@ class ChatOptions:
     base_url: str | None = None  # the openai backend's server
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
     quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
-    speculative: str = "none"  # the torch backend's speculative decoding: none | lookup (runtime/speculative.py)
+    speculative: str = "none"  # the torch backend's speculative decoding: none | lookup | eagle (runtime/speculative.py)
+    draft_model: str | None = None  # eagle: the Eagle head's folder (runtime/eagle.py)
+    frspec_vocab: int | None = None  # eagle: draft over FR-Spec's N most frequent tokens (the head's freq_N.pt)
     adapter: str | None = None  # a LoRA adapter folder or shipped name (runtime/adapter.py)
     context_length: int | None = None  # None: the model's own
     temperature: float = 0.7
@@ -54,8 +56,15 @@ class ChatOptions:
             problems.append(f"sparse attention must be auto, on or off (got {self.sparse!r})")
         if self.quant not in ("none", "int8", "int4"):
             problems.append(f"quant must be none, int8 or int4 (got {self.quant!r})")
-        if self.speculative not in ("none", "lookup"):
-            problems.append(f"speculative decoding must be none or lookup (got {self.speculative!r})")
+        if self.speculative not in ("none", "lookup", "eagle"):
+            problems.append(f"speculative decoding must be none, lookup or eagle (got {self.speculative!r})")
+        if self.speculative == "eagle" and not self.draft_model:
+            problems.append("eagle decoding needs an Eagle head folder (upstream's MiniCPM4-8B-Eagle-FRSpec, or one "
+                            "from `minicpm train eagle`)")
+        if self.speculative != "eagle" and (self.draft_model or self.frspec_vocab):
+            problems.append("an Eagle head folder and an FR-Spec vocabulary apply to eagle decoding only")
+        if self.frspec_vocab is not None and self.frspec_vocab < 1:
+            problems.append(f"the FR-Spec vocabulary must be at least 1 token (got {self.frspec_vocab})")
         if self.thinking not in THINKING_CHOICES:
             problems.append(f"thinking must be auto, on or off (got {self.thinking!r})")
         if self.context_length is not None and self.context_length < 16:
@@ -97,8 +106,8 @@ class ChatOptions:
 
     def load_key(self) -> tuple:
         """What decides which backend is loaded: chats that share it share the loaded model."""
-        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.adapter,
-                self.context_length)
+        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.draft_model,
+                self.frspec_vocab, self.adapter, self.context_length)
 
 
 class HostClosedError(MiniCPMError):
@@ -166,7 +175,8 @@ class ModelHost:
                 old.close()
             backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
                                          sparse=options.sparse, quant=options.quant, base_url=options.base_url,
-                                         speculative=options.speculative, adapter=options.adapter)
+                                         speculative=options.speculative, draft_model=options.draft_model,
+                                         frspec_vocab=options.frspec_vocab or 0, adapter=options.adapter)
             return backend
         finally:
             with self._state:

@@ -32,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="InfLLM v2 sparse attention on the torch backend for a new chat")
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default=None,
                         help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
-    parser.add_argument("--speculative", choices=("none", "lookup"), default=None,
-                        help="prompt-lookup drafts for a new chat on the torch backend (runtime/speculative.py)")
+    parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default=None,
+                        help="speculative decoding for a new chat on the torch backend: prompt-lookup drafts, or an "
+                             "Eagle head's (runtime/speculative.py, runtime/eagle.py)")
+    parser.add_argument("--draft-model", default=None, metavar="DIR",
+                        help="the Eagle head of --speculative eagle (upstream's or one from `minicpm train eagle`)")
+    parser.add_argument("--frspec-vocab", type=int, default=None, metavar="N",
+                        help="--speculative eagle: draft over FR-Spec's N most frequent tokens (the head's freq_N.pt)")
     parser.add_argument("--adapter", default=None, metavar="DIR|NAME",
                         help="a LoRA adapter for a new chat: a PEFT folder (`minicpm train sft`) or a shipped one, "
                              "e.g. smollm2-mcp (the embedded model's MCP tool-call fine-tune)")
@@ -97,7 +102,7 @@ def new_chat_options(options, args: argparse.Namespace):
         changes["model"] = args.model
         if args.backend is None:
             changes["backend"] = "auto"
-    for name in ("backend", "base_url", "sparse", "quant", "speculative", "adapter"):
+    for name in ("backend", "base_url", "sparse", "quant", "speculative", "draft_model", "frspec_vocab", "adapter"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_url is not None and args.backend is None:

@@ -57,10 +57,15 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
                              allow_blank=False)
                 yield Select([("float", "none"), ("int8", "int8"), ("int4", "int4")], value=o.quant, id="quant",
                              allow_blank=False)
-                yield Select([("plain", "none"), ("lookup", "lookup")], value=o.speculative, id="speculative",
-                             allow_blank=False)
+                yield Select([("plain", "none"), ("lookup", "lookup"), ("eagle", "eagle")], value=o.speculative,
+                             id="speculative", allow_blank=False)
                 yield Select([(f"think {v}", v) for v in ("auto", "on", "off")], value=o.thinking, id="thinking",
                              allow_blank=False)
+            yield Label("Eagle decoding: head folder · FR-Spec vocabulary (freq_N.pt)")
+            with Horizontal(classes="row"):
+                yield Input(o.draft_model or "", placeholder="Eagle head folder", id="draft_model")
+                yield Input("" if o.frspec_vocab is None else str(o.frspec_vocab), placeholder="full vocabulary",
+                            id="frspec_vocab")
             yield Label("Temperature · top p · max tokens · seed · context (tokens)")
             with Horizontal(classes="row"):
                 yield Input(str(o.temperature), id="temperature")
@@ -89,6 +94,8 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         self.query_one("#sparse", Select).value = preset.sparse
         self.query_one("#quant", Select).value = preset.quant
         self.query_one("#speculative", Select).value = preset.speculative
+        self.query_one("#draft_model", Input).value = preset.draft_model or ""
+        self.query_one("#frspec_vocab", Input).value = "" if preset.frspec_vocab is None else str(preset.frspec_vocab)
         # The preset's context is part of how its model loads; sampling stays the chat's own.
         self.query_one("#context_length", Input).value = "" if preset.context_length is None else str(preset.context_length)
 
@@ -99,6 +106,8 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
             base_url=value("base_url").strip() or None, sparse=self.query_one("#sparse", Select).value,
             quant=self.query_one("#quant", Select).value,
             speculative=self.query_one("#speculative", Select).value,
+            draft_model=value("draft_model").strip() or None,
+            frspec_vocab=_number(value("frspec_vocab"), int, "FR-Spec vocabulary", optional=True),
             thinking=self.query_one("#thinking", Select).value,
             temperature=_number(value("temperature"), float, "temperature"),
             top_p=_number(value("top_p"), float, "top p"),
