@@ -21,9 +21,6 @@ import sys
 from pathlib import Path
 
 
-FRSPEC_DEFAULTS = {"model": "default", "data": "abstracts", "vocab": [8192]}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", choices=("sft", "rl", "eagle", "frspec"),
                         help="sft: supervised fine-tuning; rl: GRPO; eagle: an Eagle draft head for "
@@ -35,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                         help="sft, eagle: stop after this many optimizer steps, checkpointed; the same command resumes")
     # frspec's own flags default to None so that run() can tell them apart from flags not given
-    # (FRSPEC_DEFAULTS fills them in): sft, rl and eagle take their settings from --config only.
+    # (frspec fills in the defaults the help names): sft, rl and eagle take their settings from --config.
     frspec = parser.add_argument_group("frspec")
     frspec.add_argument("--model", default=None, help="whose tokenizer counts the tokens (default: embedded)")
     frspec.add_argument("--data", default=None,
@@ -56,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"minicpm: {message}", file=sys.stderr)
 
-    given = [f"--{name}" for name in FRSPEC_DEFAULTS | {"limit": None} if getattr(args, name) is not None]
+    given = [f"--{name}" for name in ("model", "data", "vocab", "limit") if getattr(args, name) is not None]
     if args.mode != "frspec" and given:
         raise SystemExit(f"minicpm train {args.mode}: {', '.join(given)} "
                          f"{'is a flag' if len(given) == 1 else 'are flags'} of frspec only; the run's model and "
@@ -70,11 +67,9 @@ def run(args: argparse.Namespace) -> int:
                                  "--vocab, --limit and --out)")
         if args.out is None:
             raise SystemExit("minicpm train frspec: --out DIR is required (the Eagle head's folder)")
-        for name, default in FRSPEC_DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, default)
         try:
-            summary = write_frequency_files(args.model, args.data, args.vocab, Path(args.out), args.limit, log=log)
+            summary = write_frequency_files(args.model or "default", args.data or "abstracts", args.vocab or [8192],
+                                            Path(args.out), args.limit, log=log)
         except ValueError as exc:
             raise SystemExit(f"minicpm train frspec: {exc}") from None
         print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
