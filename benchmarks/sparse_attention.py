@@ -114,7 +114,8 @@ def attention_part(args) -> dict:
     print(f"prefill, {length} tokens: sdpa {dense_s:.1f} s  sparse {sparse_s:.1f} s  -> x{dense_s / sparse_s:.2f}", flush=True)
     return {"shape": {"query_heads": heads, "kv_heads": kv_heads, "head_dim": dim, "dtype": "bfloat16"},
             "settings": vars(settings) | {"selected_blocks": settings.selected_blocks},
-            "c_kernel": cpu_kernel.available(), "results": rows}
+            "c_kernel": cpu_kernel.available(), "c_kernel_bf16_dot_products": cpu_kernel.bf16_dot_products(),
+            "results": rows}
 
 
 def long_text_ids(tokenize, length: int) -> list[int]:

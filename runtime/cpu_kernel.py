@@ -105,6 +105,8 @@ def library() -> ctypes.CDLL | None:
                     fn = getattr(lib, name)
                     fn.restype = ctypes.c_int
                     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 18 + [ctypes.c_float, ctypes.c_int]
+                lib.infllm_bf16_dot_products.restype = ctypes.c_int
+                lib.infllm_bf16_dot_products.argtypes = []
                 _library = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 _failure = f"building it failed ({exc})"
@@ -118,6 +120,13 @@ def available(head_dim: int = 64, dtype: torch.dtype = torch.float32, groups: in
     """Whether the kernels run here for this head dimension (up to 256), query heads per KV head (up
     to 32) and dtype (float32, bfloat16)."""
     return head_dim <= 256 and groups <= 32 and dtype in (torch.float32, torch.bfloat16) and library() is not None
+
+
+def bf16_dot_products() -> bool:
+    """Whether the kernels multiply bfloat16 directly (AVX512-BF16, for groups of 16 or 32 query
+    heads with head_dim a multiple of 64: MiniCPM4's shapes) rather than widening to float32."""
+    lib = library()
+    return lib is not None and bool(lib.infllm_bf16_dot_products())
 
 
 def attend_ranges(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ranges: torch.Tensor) -> torch.Tensor:

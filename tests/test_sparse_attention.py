@@ -39,7 +39,7 @@ def fast_selection(q, k, q_start, st):
     return {(g, i): set(chosen[g, i][valid[g, i]].tolist()) for g in range(hkv) for i in range(t)}
 
 
-def assert_same_selection(fast, ref, ref_scores):
+def assert_same_selection(fast, ref, ref_scores, tie=TIE, most_swaps=None):
     """Identical sets, except for swaps between blocks whose reference scores tie at the cut."""
     swaps = 0
     for key, chosen in ref.items():
@@ -47,9 +47,9 @@ def assert_same_selection(fast, ref, ref_scores):
         if diff:
             scored = [ref_scores[key][b] for b in chosen if b in ref_scores[key]]
             cut = min(scored)
-            assert all(abs(ref_scores[key][b] - cut) <= TIE * cut for b in diff), (key, diff)
+            assert all(abs(ref_scores[key][b] - cut) <= tie * cut for b in diff), (key, diff)
             swaps += 1
-    assert swaps <= len(ref) // 100  # rare, and only at exact-looking ties
+    assert swaps <= (len(ref) // 100 if most_swaps is None else most_swaps)  # rare, and only at exact-looking ties
 
 
 def fast_attention(q, k, v, q_start, st, chunks=None):
@@ -149,20 +149,30 @@ def test_queries_below_dense_len_attend_densely():
     assert mask[:, :199].sum() == sum(range(1, 200)) * 2
 
 
-def test_minicpm4_8b_shape_and_defaults_at_12k():
-    """Default sparse_config, 32 query / 2 KV heads, head_dim 128: a decode query and a short chunk."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_minicpm4_8b_shape_and_defaults_at_12k(dtype):
+    """Default sparse_config, 32 query / 2 KV heads, head_dim 128: a decode query and a short chunk.
+    In bfloat16 the C kernel multiplies bfloat16 directly where the CPU can (AVX512-BF16), with 16
+    heads to a vector: outputs within bfloat16's rounding of the reference. Its compressed keys are
+    bfloat16 too (means rounded by up to 2^-9), which moves scores by about 1e-4 of themselves, so
+    blocks that close at the cut may swap; where a query's blocks are the reference's, so are its
+    outputs."""
     st = SparseSettings()
     length = 12_000
-    q, k, v = qkv(32, 2, length, 128, seed=7)
+    q, k, v = qkv(32, 2, length, 128, seed=7, dtype=dtype)
+    half = dtype == torch.bfloat16
+    tol = dict(atol=4e-3, rtol=8e-3) if half else dict(atol=1e-5, rtol=1e-4)
     positions = [length - 8, length - 1]
     for lo in positions:
         qs = q[:, lo : lo + (8 if lo == length - 8 else 1)]
         ref, _, selections, scores = reference_attention(qs, k[:, : lo + qs.shape[1]], v[:, : lo + qs.shape[1]], lo, st)
         fast = fast_selection(qs, k[:, : lo + qs.shape[1]], lo, st)
-        assert_same_selection(fast, selections, scores)
+        assert_same_selection(fast, selections, scores, tie=1e-3 if half else TIE, most_swaps=2 if half else None)
         assert all(len(s) == st.selected_blocks for s in selections.values())  # 96 blocks of 64
+        same = [i for i in range(qs.shape[1]) if all(fast[g, i] == selections[g, i] for g in range(2))]
+        assert len(same) >= qs.shape[1] - 2
         out = fast_attention(qs, k[:, : lo + qs.shape[1]], v[:, : lo + qs.shape[1]], lo, st)
-        torch.testing.assert_close(out, ref.float(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[:, same].float(), ref[:, same].float(), **tol)
 
 
 @pytest.mark.parametrize("depth", [0.1, 0.5, 0.8])
@@ -265,40 +275,57 @@ def test_every_stage2_strategy_matches_the_reference(monkeypatch, strategy):
                                ref[:, [i for i in same if i >= 480]].float(), atol=1e-5, rtol=1e-5)
 
 
-def test_the_c_kernel_in_bfloat16_stays_close_to_float32():
+@pytest.mark.parametrize("heads, kv_heads, dim", [(32, 2, 128), (64, 2, 64), (9, 3, 64)])
+def test_the_c_kernel_in_bfloat16_is_within_rounding_of_exact(heads, kv_heads, dim):
+    """bfloat16 inputs against float64 attention over the same (rounded) values: off by about
+    bfloat16's rounding of the output, for groups of 16 and 32 heads (bfloat16 dot products where
+    the CPU has them) and of 3 (widened to float32); ranges of odd lengths, several spans, and a
+    query alone (the decode path)."""
     from runtime import cpu_kernel
 
-    q, k, v = qkv(32, 2, 4000, 128, seed=11)
-    ranges = torch.tensor([[[[0, 64], [3000, 3001 + i], [640, 704], [1280, 1344]] for i in range(8)]] * 2)
-    exact = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128), k, v, ranges)
-    half = cpu_kernel.attend_ranges(q[:, :8].reshape(2, 16, 8, 128).bfloat16(), k.bfloat16(), v.bfloat16(), ranges)
-    assert (half.float() - exact).abs().max() < 0.02
+    g, t = heads // kv_heads, 8
+    q, k, v = (x.bfloat16() for x in qkv(heads, kv_heads, 4000, dim, seed=11))
+    ranges = torch.tensor([[[[0, 64], [3000, 3001 + i], [640, 705 + 2 * i], [1280, 2600]] for i in range(t)]] * kv_heads)
+    qg = q[:, :t].reshape(kv_heads, g, t, dim)
+    out = cpu_kernel.attend_ranges(qg, k, v, ranges)
+    alone = cpu_kernel.attend_ranges(qg[:, :, 3:4], k, v, ranges[:, 3:4])
+    for h in range(kv_heads):
+        for i in range(t):
+            keys = torch.cat([torch.arange(a, b) for a, b in ranges[h, i].tolist()])
+            logits = qg[h, :, i].double() @ k[h, keys].double().T / dim**0.5
+            exact = torch.softmax(logits, dim=-1) @ v[h, keys].double()
+            assert (out[h, :, i].double() - exact).abs().max() < 4e-3, (h, i)
+            if i == 3:
+                assert (alone[h, :, 0].double() - exact).abs().max() < 4e-3, h
 
 
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (32, 2)])  # 16 heads per group: bfloat16 dot products
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_c_kernel_gives_a_query_the_same_numbers_alone_or_in_a_chunk(dtype):
+def test_the_c_kernel_gives_a_query_the_same_numbers_alone_or_in_a_chunk(dtype, heads, kv_heads):
     """A decode step (one query: its keys are split between threads, then merged) and the same query
     in a chunk (whole queries per thread) must agree to the bit, in both stages: speculative
     verification relies on a query's output not depending on what came with it."""
     from runtime import cpu_kernel
 
     st = SparseSettings()  # MiniCPM4-8B's defaults, 4,000+ keys per query: several key spans
-    q, k, v = qkv(9, 3, 12_000, 64, seed=12, dtype=dtype)
-    compressed = CompressedKeys(st, 1, 3, 64, 12_000, dtype)
+    g = heads // kv_heads
+    q, k, v = qkv(heads, kv_heads, 12_000, 64, seed=12, dtype=dtype)
+    compressed = CompressedKeys(st, 1, kv_heads, 64, 12_000, dtype)
     compressed.update(k[None])
     start, t = 11_904, 40  # a chunk inside one 64-token block
-    qg = q[:, start : start + t].reshape(3, 3, t, 64)
+    qg = q[:, start : start + t].reshape(kv_heads, g, t, 64)
     chosen, values = select_blocks(qg, compressed, start, start + t)
     one_c, one_v = select_blocks(qg[:, :, 7:8], compressed, start + 7, start + 8)
     assert torch.equal(one_c, chosen[:, 7:8]) and torch.equal(one_v, values[:, 7:8])
-    ranges = torch.tensor([[[[0, 64 + i], [3000, 5100 + i], [6400, 6464], [9600, 9664]] for i in range(t)]] * 3)
+    ranges = torch.tensor([[[[0, 64 + i], [3000, 5100 + i], [6400, 6464], [9600, 9664]] for i in range(t)]] * kv_heads)
     together = cpu_kernel.attend_ranges(qg, k, v, ranges)
     alone = cpu_kernel.attend_ranges(qg[:, :, 7:8], k, v, ranges[:, 7:8])
     assert torch.equal(alone, together[:, :, 7:8])
-    ref = dense_attention(qg[:, :, 7:8].reshape(1, 9, 1, 64).float(), k[None, :, :64 + 7].float(),
+    ref = dense_attention(qg[:, :, 7:8].reshape(1, heads, 1, 64).float(), k[None, :, :64 + 7].float(),
                           v[None, :, :64 + 7].float(), 0)  # the first range alone, as a check on the merge
     first = cpu_kernel.attend_ranges(qg[:, :, 7:8], k, v, ranges[:, 7:8, :1])
-    torch.testing.assert_close(first.float().reshape(1, 9, 1, 64), ref, atol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+    torch.testing.assert_close(first.float().reshape(1, heads, 1, 64), ref,
+                               atol=2e-2 if dtype == torch.bfloat16 else 1e-5,
                                rtol=1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
@@ -313,12 +340,15 @@ def both_selections(q, k, q_start, st, monkeypatch):
     return torch_sel, c_sel
 
 
+@pytest.mark.parametrize("heads, dim", [(6, 32), (32, 64), (64, 64)])  # 16, 32 per group: bfloat16 dot products
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_torch_and_c_stage1_agree(dtype, monkeypatch):
-    """Both score in float32 (bfloat16 products would reorder blocks near the cut), so in either
-    dtype they part only where float32 summation order decides a tie."""
-    st = dataclasses.replace(SMALL, init_blocks=2)  # 2 init blocks: the second is future to block 0
-    q, k, _ = qkv(6, 2, 700, 32, seed=21, dtype=dtype)
+def test_torch_and_c_stage1_agree(dtype, heads, dim, monkeypatch):
+    """Both score in float32 (products of bfloat16 are exact in float32; rounding them to bfloat16
+    would reorder blocks near the cut), so in either dtype they part only where float32 summation
+    order decides a tie."""
+    # 2 init blocks (the second is future to block 0) and 3 blocks by score
+    st = dataclasses.replace(SMALL, init_blocks=2, topk=6)
+    q, k, _ = qkv(heads, 2, 700, dim, seed=21, dtype=dtype)
     torch_sel, c_sel = both_selections(q, k, 0, st, monkeypatch)
     assert torch_sel[0, 3] == c_sel[0, 3] == {0}  # block 1 is in the future: never selected
     same = sum(torch_sel[key] == c_sel[key] for key in torch_sel)

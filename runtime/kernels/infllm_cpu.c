@@ -37,6 +37,7 @@
 
 typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(VW * sizeof(int32_t))));
+typedef uint32_t vuint __attribute__((vector_size(VW * sizeof(uint32_t))));
 
 static inline vfloat load_v(const float *p) {
     vfloat x;
@@ -179,10 +180,189 @@ __attribute__((noinline)) static void softmax_merge(Softmax *into, const Softmax
     }
 }
 
-/* One query (qf: [G][D] float32, already scaled) over keys [from, to) of its ranges taken one
- * after another, into s (reset first). */
-__attribute__((noinline)) static void attend_span(Softmax *s, const float *qf, int64_t G, int64_t D, const void *kh, const void *vh,
-                        int bf16, const int64_t *rg, int64_t R, int64_t from, int64_t to) {
+/*
+ * Stage 2 for bfloat16 with 16 or 32 query heads per KV head (MiniCPM4's shapes), on CPUs with
+ * AVX512-BF16: vdpbf16ps multiplies pairs of bfloat16 and adds them into float32 lanes, twice the
+ * products per instruction of float32 FMA and no widening of K and V first. Vectors hold one lane
+ * per query head, so a key's logits for 16 heads come out of one accumulator (no horizontal sums),
+ * and the online softmax runs on whole vectors. The logits are exact products of the stored
+ * bfloat16 values summed in float32, as the float32 path's; the softmax weights are rounded to
+ * bfloat16 for the product with V (the denominator sums the rounded weights, so they still add
+ * up to one), as torch's bfloat16 attention on CPU does.
+ */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define HEAD_LANES 1
+#endif
+
+static inline int use_head_lanes(int bf16, int64_t G, int64_t D) {
+#ifdef HEAD_LANES
+    return bf16 && G % VW == 0 && D % 64 == 0;
+#else
+    (void)bf16, (void)G, (void)D;
+    return 0;
+#endif
+}
+
+/* q pairs with heads in lanes: qp[(g / 16) * D/2 + p][g % 16] is the bfloat16 pair (q[g][2p],
+ * q[g][2p+1]) of query t, unscaled. */
+static void pack_query_pairs(uint32_t *qp, const uint16_t *q, int64_t h, int64_t t, int64_t G, int64_t T, int64_t D) {
+    const int64_t P = D / 2;
+    for (int64_t g = 0; g < G; g++) {
+        const uint16_t *row = q + ((h * G + g) * T + t) * D;
+        for (int64_t p = 0; p < P; p++) {
+            uint32_t pair;
+            memcpy(&pair, row + 2 * p, sizeof pair);
+            qp[((g / VW) * P + p) * VW + g % VW] = pair;
+        }
+    }
+}
+
+#ifdef HEAD_LANES
+static inline vfloat round_bf16_v(vfloat x) { /* to the nearest bfloat16, ties to even, kept as float32 */
+    const vint u = (vint)x;
+    return (vfloat)((u + 0x7FFF + ((u >> 16) & 1)) & (int32_t)0xFFFF0000);
+}
+
+/* Logits of 16 heads (lanes) against 8 consecutive key rows (P pairs each), times scale. */
+static inline void logits8_lanes(vfloat *out, const __m512i *q, const uint32_t *keys, int64_t P, float scale) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t p = 0; p < P; p++) {
+        const __m512bh qv = (__m512bh)_mm512_load_si512(q + p);
+        a0 = _mm512_dpbf16_ps(a0, qv, (__m512bh)_mm512_set1_epi32((int)keys[p]));
+        a1 = _mm512_dpbf16_ps(a1, qv, (__m512bh)_mm512_set1_epi32((int)keys[P + p]));
+        a2 = _mm512_dpbf16_ps(a2, qv, (__m512bh)_mm512_set1_epi32((int)keys[2 * P + p]));
+        a3 = _mm512_dpbf16_ps(a3, qv, (__m512bh)_mm512_set1_epi32((int)keys[3 * P + p]));
+        a4 = _mm512_dpbf16_ps(a4, qv, (__m512bh)_mm512_set1_epi32((int)keys[4 * P + p]));
+        a5 = _mm512_dpbf16_ps(a5, qv, (__m512bh)_mm512_set1_epi32((int)keys[5 * P + p]));
+        a6 = _mm512_dpbf16_ps(a6, qv, (__m512bh)_mm512_set1_epi32((int)keys[6 * P + p]));
+        a7 = _mm512_dpbf16_ps(a7, qv, (__m512bh)_mm512_set1_epi32((int)keys[7 * P + p]));
+    }
+    out[0] = (vfloat)a0 * scale, out[1] = (vfloat)a1 * scale, out[2] = (vfloat)a2 * scale, out[3] = (vfloat)a3 * scale;
+    out[4] = (vfloat)a4 * scale, out[5] = (vfloat)a5 * scale, out[6] = (vfloat)a6 * scale, out[7] = (vfloat)a7 * scale;
+}
+
+static inline vfloat logits1_lanes(const __m512i *q, const uint32_t *key, int64_t P, float scale) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; p++)
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_load_si512(q + p), (__m512bh)_mm512_set1_epi32((int)key[p]));
+    return (vfloat)a * scale;
+}
+
+/* acc[4 heads][4 vectors] += sum over key pairs i of the heads' weight pairs wp[i][.] times the
+ * value pairs vp[i][.]; acc and vp in the interleaved order of attend_span_lanes. */
+static inline void mix_pairs_4x4(float *acc, int64_t D, const uint32_t *wp, int64_t wstride, const __m512i *vp,
+                                 int64_t vstride, int64_t pairs) {
+    __m512 a[4][4];
+    for (int h = 0; h < 4; h++)
+        for (int x = 0; x < 4; x++) a[h][x] = _mm512_load_ps(acc + h * D + x * VW);
+    for (int64_t i = 0; i < pairs; i++) {
+        const __m512i *v = vp + i * vstride;
+        const __m512bh v0 = (__m512bh)_mm512_load_si512(v), v1 = (__m512bh)_mm512_load_si512(v + 1),
+                       v2 = (__m512bh)_mm512_load_si512(v + 2), v3 = (__m512bh)_mm512_load_si512(v + 3);
+        for (int h = 0; h < 4; h++) {
+            const __m512bh w = (__m512bh)_mm512_set1_epi32((int)wp[i * wstride + h]);
+            a[h][0] = _mm512_dpbf16_ps(a[h][0], w, v0);
+            a[h][1] = _mm512_dpbf16_ps(a[h][1], w, v1);
+            a[h][2] = _mm512_dpbf16_ps(a[h][2], w, v2);
+            a[h][3] = _mm512_dpbf16_ps(a[h][3], w, v3);
+        }
+    }
+    for (int h = 0; h < 4; h++)
+        for (int x = 0; x < 4; x++) _mm512_store_ps(acc + h * D + x * VW, a[h][x]);
+}
+
+/* Lane L of interleaved vector x of a row holds d = 32 (x / 2) + 8 (L / 4) + 4 (x % 2) + L % 4: the
+ * order _mm512_unpacklo/hi_epi16 leave two rows in. */
+static inline int64_t interleaved_dim(int64_t x, int64_t lane) { return 32 * (x / 2) + 8 * (lane / 4) + 4 * (x % 2) + lane % 4; }
+
+/* attend_span for use_head_lanes: the same keys in the same chunks, into s (reset here). qp from
+ * pack_query_pairs, 64-byte aligned. */
+__attribute__((noinline)) static void attend_span_lanes(Softmax *s, const uint32_t *qp, int64_t G, int64_t D,
+                                                        const uint16_t *kh, const uint16_t *vh, const int64_t *rg,
+                                                        int64_t R, int64_t from, int64_t to, float scale) {
+    const int64_t HV = G / VW, P = D / 2, DV = D / VW;
+    vfloat w[CHUNK][MAX_GROUPS / VW] __attribute__((aligned(64))); /* logits, then weights: [key][head vector] */
+    uint32_t wp[CHUNK / 2][MAX_GROUPS] __attribute__((aligned(64))); /* bfloat16 weight pairs [key pair][head] */
+    __m512i vp[CHUNK / 2][MAX_DIM / VW];                              /* rows 2i, 2i+1 of V interleaved */
+    float acc[MAX_GROUPS * MAX_DIM] __attribute__((aligned(64)));     /* [head][D], interleaved order */
+    vfloat m[MAX_GROUPS / VW], l[MAX_GROUPS / VW];
+    for (int64_t hv = 0; hv < HV; hv++) m[hv] = splat(-INFINITY), l[hv] = splat(0.0f);
+    memset(acc, 0, sizeof(float) * G * D);
+    int64_t offset = 0;
+    for (int64_t r = 0; r < R && offset < to; r++) {
+        const int64_t a = rg[2 * r], len = rg[2 * r + 1] - a;
+        if (len <= 0) continue;
+        const int64_t lo = from > offset ? from : offset, hi = to < offset + len ? to : offset + len;
+        for (int64_t start = lo; start < hi; start += CHUNK) {
+            const int64_t n = hi - start < CHUNK ? hi - start : CHUNK, row = a + (start - offset), pairs = (n + 1) / 2;
+            const uint32_t *k32 = (const uint32_t *)(kh + row * D); /* D even: rows of P pairs */
+            for (int64_t hv = 0; hv < HV; hv++) {
+                const __m512i *q = (const __m512i *)(qp + hv * P * VW);
+                vfloat block[8];
+                int64_t j = 0;
+                for (; j + 8 <= n; j += 8) {
+                    logits8_lanes(block, q, k32 + j * P, P, scale);
+                    for (int i = 0; i < 8; i++) w[j + i][hv] = block[i];
+                }
+                for (; j < n; j++) w[j][hv] = logits1_lanes(q, k32 + j * P, P, scale);
+                /* online softmax, 16 heads at a time */
+                vfloat peak = m[hv];
+                for (j = 0; j < n; j++) peak = (vfloat)_mm512_max_ps((__m512)peak, (__m512)w[j][hv]);
+                const vfloat c = exp_v(m[hv] - peak); /* 1 where the peak held, 0 from -inf */
+                l[hv] *= c;
+                for (int64_t i = 0; i < VW; i++)
+                    if (c[i] != 1.0f)
+                        for (int64_t d = 0; d < D; d++) acc[(hv * VW + i) * D + d] *= c[i];
+                m[hv] = peak;
+                vfloat sum = {0};
+                for (int64_t i = 0; i < pairs; i++) {
+                    const vfloat e0 = round_bf16_v(exp_v(w[2 * i][hv] - peak)),
+                                 e1 = 2 * i + 1 < n ? round_bf16_v(exp_v(w[2 * i + 1][hv] - peak)) : splat(0.0f);
+                    sum += e0 + e1;
+                    const vuint pair = ((vuint)e0 >> 16) | ((vuint)e1 & 0xFFFF0000u); /* e0 low, e1 high */
+                    memcpy(&wp[i][hv * VW], &pair, sizeof pair);
+                }
+                l[hv] += sum;
+            }
+            const __m512i zero = _mm512_setzero_si512();
+            for (int64_t i = 0; i < pairs; i++) { /* V rows 2i and 2i+1 (zeros past n), interleaved */
+                const uint16_t *ra = vh + (row + 2 * i) * D, *rb = ra + D;
+                for (int64_t x = 0; x < DV / 2; x++) {
+                    const __m512i va = _mm512_loadu_si512(ra + 32 * x),
+                                  vb = 2 * i + 1 < n ? _mm512_loadu_si512(rb + 32 * x) : zero;
+                    vp[i][2 * x] = _mm512_unpacklo_epi16(va, vb);
+                    vp[i][2 * x + 1] = _mm512_unpackhi_epi16(va, vb);
+                }
+            }
+            for (int64_t g = 0; g < G; g += 4)
+                for (int64_t x = 0; x < DV; x += 4)
+                    mix_pairs_4x4(acc + g * D + x * VW, D, &wp[0][g], MAX_GROUPS, &vp[0][x], MAX_DIM / VW, pairs);
+        }
+        offset += len;
+    }
+    for (int64_t g = 0; g < G; g++) {
+        s->m[g] = m[g / VW][g % VW];
+        s->l[g] = l[g / VW][g % VW];
+        for (int64_t x = 0; x < DV; x++)
+            for (int64_t lane = 0; lane < VW; lane++) s->acc[g * D + interleaved_dim(x, lane)] = acc[g * D + x * VW + lane];
+    }
+}
+#endif
+
+/* One query (qf: [G][D] float32, already scaled; qp: its pairs from pack_query_pairs when
+ * use_head_lanes, else NULL) over keys [from, to) of its ranges taken one after another, into s
+ * (reset first). */
+__attribute__((noinline)) static void attend_span(Softmax *s, const float *qf, const uint32_t *qp, int64_t G, int64_t D,
+                                                  const void *kh, const void *vh, int bf16, const int64_t *rg, int64_t R,
+                                                  int64_t from, int64_t to, float scale) {
+#ifdef HEAD_LANES
+    if (qp) {
+        attend_span_lanes(s, qp, G, D, kh, vh, rg, R, from, to, scale);
+        return;
+    }
+#endif
+    (void)qp, (void)scale;
     float w[MAX_GROUPS][CHUNK] __attribute__((aligned(64)));
     float kbuf[CHUNK * MAX_DIM], vbuf[CHUNK * MAX_DIM];
     softmax_reset(s, G, D);
@@ -238,6 +418,17 @@ static void load_query(float *qf, const void *q, int bf16, int64_t h, int64_t t,
     }
 }
 
+/* A query as attend_span takes it: its pairs (returned) for use_head_lanes, else qf. */
+static const uint32_t *prepare_query(float *qf, uint32_t *qp, const void *q, int bf16, int64_t h, int64_t t, int64_t G,
+                                     int64_t T, int64_t D, float scale) {
+    if (use_head_lanes(bf16, G, D)) {
+        pack_query_pairs(qp, q, h, t, G, T, D);
+        return qp;
+    }
+    load_query(qf, q, bf16, h, t, G, T, D, scale);
+    return NULL;
+}
+
 static void store_output(void *out, int bf16, const Softmax *s, int64_t h, int64_t t, int64_t G, int64_t T,
                          int64_t D) {
     for (int64_t g = 0; g < G; g++) {
@@ -259,6 +450,7 @@ static int attend_ranges(const void *q, const void *k, const void *v, void *out,
     if (G > MAX_GROUPS || D > MAX_DIM) return 1;
     const int elem = bf16 ? 2 : 4;
     const int64_t pairs = hkv * T;
+    if (pairs == 0) return 0;
     int64_t spans = 1; /* the most spans any query has */
     for (int64_t i = 0; i < pairs; i++) {
         const int64_t n = (ranges_length(ranges + i * R * 2, R) + SPAN - 1) / SPAN;
@@ -269,18 +461,19 @@ static int attend_ranges(const void *q, const void *k, const void *v, void *out,
         _Pragma("omp parallel num_threads(threads) reduction(|:failed)") {
             Softmax *total = malloc(sizeof(Softmax)), *part = malloc(sizeof(Softmax));
             float *qf = malloc(sizeof(float) * MAX_GROUPS * MAX_DIM);
-            if (!total || !part || !qf) failed = 1;
+            uint32_t *qp = aligned_alloc(64, sizeof(uint32_t) * MAX_GROUPS * MAX_DIM / 2);
+            if (!total || !part || !qf || !qp) failed = 1;
             _Pragma("omp for schedule(dynamic)") for (int64_t i = 0; i < pairs; i++) {
                 if (failed) continue;
                 const int64_t h = i / T, t = i % T;
                 const int64_t *rg = ranges + i * R * 2;
-                load_query(qf, q, bf16, h, t, G, T, D, scale);
+                const uint32_t *pairs_of_q = prepare_query(qf, qp, q, bf16, h, t, G, T, D, scale);
                 softmax_reset(total, G, D);
                 const int64_t n = ranges_length(rg, R);
                 for (int64_t from = 0; from < n; from += SPAN) { /* the same spans as below, merged in order */
-                    attend_span(part, qf, G, D, (const char *)k + h * head_stride * elem,
+                    attend_span(part, qf, pairs_of_q, G, D, (const char *)k + h * head_stride * elem,
                                 (const char *)v + h * head_stride * elem, bf16, rg, R, from,
-                                from + SPAN < n ? from + SPAN : n);
+                                from + SPAN < n ? from + SPAN : n, scale);
                     softmax_merge(total, part, G, D);
                 }
                 store_output(out, bf16, total, h, t, G, T, D);
@@ -288,6 +481,7 @@ static int attend_ranges(const void *q, const void *k, const void *v, void *out,
             free(total);
             free(part);
             free(qf);
+            free(qp);
         }
         return failed ? 2 : 0;
     }
@@ -300,9 +494,11 @@ static int attend_ranges(const void *q, const void *k, const void *v, void *out,
         const int64_t *rg = ranges + i * R * 2;
         const int64_t n = ranges_length(rg, R);
         float qf[MAX_GROUPS * MAX_DIM];
-        load_query(qf, q, bf16, h, t, G, T, D, scale);
-        attend_span(&parts[task], qf, G, D, (const char *)k + h * head_stride * elem,
-                    (const char *)v + h * head_stride * elem, bf16, rg, R, from, from + SPAN < n ? from + SPAN : n);
+        uint32_t qp[MAX_GROUPS * MAX_DIM / 2] __attribute__((aligned(64)));
+        const uint32_t *pairs_of_q = prepare_query(qf, qp, q, bf16, h, t, G, T, D, scale);
+        attend_span(&parts[task], qf, pairs_of_q, G, D, (const char *)k + h * head_stride * elem,
+                    (const char *)v + h * head_stride * elem, bf16, rg, R, from, from + SPAN < n ? from + SPAN : n,
+                    scale);
     }
     _Pragma("omp parallel for num_threads(threads)") for (int64_t i = 0; i < pairs; i++) {
         /* Span 0 as it stands: merging it into a reset state, as the serial path does, changes no bit
@@ -439,13 +635,77 @@ static inline vfloat logits_v(const float *qg, const float *rows, int64_t m, int
     return out;
 }
 
+#ifdef HEAD_LANES
+/* head_lse for use_head_lanes: lse[0:16] of the 16 heads whose pairs are qp, over n keys (bfloat16
+ * rows of D). Online over blocks of 8 keys: the sum is rescaled when a lane's peak rises. */
+static void head_lse_lanes(const uint32_t *qp, const uint16_t *keys, int64_t n, int64_t D, float scale, float *lse) {
+    const int64_t P = D / 2;
+    const __m512i *q = (const __m512i *)qp;
+    vfloat peak = splat(-INFINITY), sum = {0}, x[8];
+    for (int64_t j = 0; j < n; j += 8) {
+        const int64_t m = n - j < 8 ? n - j : 8;
+        if (m == 8)
+            logits8_lanes(x, q, (const uint32_t *)(keys + j * D), P, scale);
+        else
+            for (int64_t i = 0; i < 8; i++)
+                x[i] = i < m ? logits1_lanes(q, (const uint32_t *)(keys + (j + i) * D), P, scale) : splat(-INFINITY);
+        vfloat top = x[0];
+        for (int i = 1; i < 8; i++) top = (vfloat)_mm512_max_ps((__m512)top, (__m512)x[i]);
+        top = (vfloat)_mm512_max_ps((__m512)top, (__m512)peak);
+        sum *= exp_v(peak - top); /* 1 where the peak held, 0 from -inf */
+        peak = top;
+        for (int i = 0; i < 8; i++) sum += exp_v(x[i] - peak);
+    }
+    for (int64_t i = 0; i < VW; i++) lse[i] = peak[i] == -INFINITY ? 0.0f : peak[i] + logf(sum[i]);
+}
+
+/* kernel_scores for use_head_lanes over kernels [j0, j1), the first `end` of them visible: each
+ * kernel's heads are the lanes of one vector per 16 heads; 16 kernels' lanes are summed at once. */
+static void kernel_scores_lanes(const Selection *a, const uint32_t *qp, const float *lse, int64_t h, int64_t end,
+                                int64_t j0, int64_t j1, float *score) {
+    const int64_t D = a->D, P = D / 2, HV = a->G / VW;
+    const uint16_t *c1 = (const uint16_t *)a->c1 + h * a->c1_stride;
+    for (int64_t j = j0; j < j1; j += VW) {
+        vfloat total[VW], x[8];
+        for (int64_t i = 0; i < VW; i++) total[i] = splat(0.0f);
+        for (int64_t hv = 0; hv < HV && j < end; hv++) {
+            const __m512i *q = (const __m512i *)(qp + hv * P * VW);
+            const vfloat lse_v = load_v(lse + hv * VW), cap = splat(MAX_EXPONENT);
+            for (int64_t i0 = 0; i0 < VW && j + i0 < end; i0 += 8) {
+                const int64_t m = end - (j + i0) < 8 ? end - (j + i0) : 8;
+                if (m == 8)
+                    logits8_lanes(x, q, (const uint32_t *)(c1 + (j + i0) * D), P, a->scale);
+                else
+                    for (int64_t i = 0; i < m; i++) x[i] = logits1_lanes(q, (const uint32_t *)(c1 + (j + i0 + i) * D), P, a->scale);
+                for (int64_t i = 0; i < m; i++) total[i0 + i] += exp_v(min_v(x[i] - lse_v, cap));
+            }
+        }
+#ifdef HAVE_SHUFFLE
+        const vfloat sums = sum_lanes16(total);
+#else
+        vfloat sums;
+        for (int64_t i = 0; i < VW; i++) sums[i] = sum_v(total[i]);
+#endif
+        for (int64_t i = 0; i < VW && j + i < j1; i++) score[j + i] = j + i < end ? sums[i] : 0.0f;
+    }
+}
+#endif
+
 /* lse[g] for heads g0 <= g < g1: each head's log-sum-exp over the coarse kernels it sees, or over
  * C1 when exact or before any C2; online over blocks of VW kernels, each block read once for all
  * the heads. qf: [G][D], scaled. */
-__attribute__((noinline)) static void head_lse(const Selection *a, const float *qf, int64_t h, int64_t vis1,
-                                               int64_t vis2, int64_t g0, int64_t g1, float *lse) {
+__attribute__((noinline)) static void head_lse(const Selection *a, const float *qf, const uint32_t *qp, int64_t h,
+                                               int64_t vis1, int64_t vis2, int64_t g0, int64_t g1, float *lse) {
     const void *keys = vis2 ? a->c2 : a->c1;
     const int64_t n = vis2 ? vis2 : vis1, head_at = h * (vis2 ? a->c2_stride : a->c1_stride), D = a->D;
+#ifdef HEAD_LANES
+    if (qp) { /* g0, g1: multiples of 16 */
+        for (int64_t hv = g0 / VW; hv < g1 / VW; hv++)
+            head_lse_lanes(qp + hv * (D / 2) * VW, (const uint16_t *)keys + head_at, n, D, a->scale, lse + hv * VW);
+        return;
+    }
+#endif
+    (void)qp;
     float peak[MAX_GROUPS], sum[MAX_GROUPS], scratch[VW * MAX_DIM];
     for (int64_t g = g0; g < g1; g++) peak[g] = -INFINITY, sum[g] = 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += VW) {
@@ -467,9 +727,17 @@ __attribute__((noinline)) static void head_lse(const Selection *a, const float *
 
 /* score[j] for kernels j in [j0, j1) (j0 a multiple of VW): the group's sum of exp(logit - lse),
  * capped as in the torch path; 0 for kernels the query does not see. qf: [G][D], scaled. */
-__attribute__((noinline)) static void kernel_scores(const Selection *a, const float *qf, const float *lse, int64_t h,
-                                                    int64_t vis1, int64_t j0, int64_t j1, float *score) {
+__attribute__((noinline)) static void kernel_scores(const Selection *a, const float *qf, const uint32_t *qp,
+                                                    const float *lse, int64_t h, int64_t vis1, int64_t j0, int64_t j1,
+                                                    float *score) {
     const int64_t D = a->D, end = j1 < vis1 ? j1 : vis1;
+#ifdef HEAD_LANES
+    if (qp) {
+        kernel_scores_lanes(a, qp, lse, h, end, j0, j1, score);
+        return;
+    }
+#endif
+    (void)qp;
     float scratch[VW * MAX_DIM];
     for (int64_t j = j0; j < j1; j += VW) {
         vfloat total = {0};
@@ -546,25 +814,28 @@ static void pair_visibility(const Selection *a, int64_t t, int64_t *vis1, int64_
 static int select_blocks(const Selection *a, int64_t *chosen, float *values, int threads) {
     if (a->D > MAX_DIM || a->G > MAX_GROUPS || a->keep > a->n_blocks) return 1;
     const int64_t pairs = a->hkv * a->T, G = a->G, D = a->D, n1 = a->n1;
+    if (pairs == 0) return 0;
     int failed = 0;
     if (pairs >= 2 * threads) {
         _Pragma("omp parallel num_threads(threads) reduction(|:failed)") {
             float *score = malloc(sizeof(float) * (n1 + VW)), *qf = malloc(sizeof(float) * G * D);
+            uint32_t *qp = aligned_alloc(64, sizeof(uint32_t) * MAX_GROUPS * MAX_DIM / 2);
             Pick *heap = malloc(sizeof(Pick) * (a->keep + 1));
             float lse[MAX_GROUPS];
-            if (!score || !qf || !heap) failed = 1;
+            if (!score || !qf || !qp || !heap) failed = 1;
             _Pragma("omp for schedule(dynamic)") for (int64_t i = 0; i < pairs; i++) {
                 if (failed) continue;
                 const int64_t h = i / a->T, t = i % a->T;
                 int64_t vis1, vis2;
                 pair_visibility(a, t, &vis1, &vis2);
-                load_query(qf, a->q, a->bf16, h, t, G, a->T, D, a->scale);
-                head_lse(a, qf, h, vis1, vis2, 0, G, lse);
-                kernel_scores(a, qf, lse, h, vis1, 0, n1, score);
+                const uint32_t *pairs_of_q = prepare_query(qf, qp, a->q, a->bf16, h, t, G, a->T, D, a->scale);
+                head_lse(a, qf, pairs_of_q, h, vis1, vis2, 0, G, lse);
+                kernel_scores(a, qf, pairs_of_q, lse, h, vis1, 0, n1, score);
                 choose_blocks(a, h, t, score, heap, chosen, values);
             }
             free(score);
             free(qf);
+            free(qp);
             free(heap);
         }
         return failed ? 2 : 0;
@@ -573,24 +844,29 @@ static int select_blocks(const Selection *a, int64_t *chosen, float *values, int
     const int64_t slices = (n1 + SLICE - 1) / SLICE > 0 ? (n1 + SLICE - 1) / SLICE : 1;
     float *score = malloc(sizeof(float) * pairs * (n1 + VW)), *qf = malloc(sizeof(float) * pairs * G * D);
     float *lse = malloc(sizeof(float) * pairs * G);
+    const int64_t qp_size = (sizeof(uint32_t) * pairs * G * D / 2 + 63) / 64 * 64; /* aligned_alloc's rule */
+    uint32_t *qp = aligned_alloc(64, qp_size); /* [pair][G * D / 2]: 64-byte aligned when use_head_lanes */
+    const uint32_t **pairs_of_q = malloc(sizeof(uint32_t *) * pairs);
     Pick *heaps = malloc(sizeof(Pick) * pairs * (a->keep + 1));
-    if (!score || !qf || !lse || !heaps) failed = 1;
+    if (!score || !qf || !lse || !qp || !pairs_of_q || !heaps) failed = 1;
+    const int64_t width = use_head_lanes(a->bf16, G, D) ? VW : 1; /* heads per head_lse task */
     if (!failed) {
         _Pragma("omp parallel num_threads(threads)") {
             _Pragma("omp for") for (int64_t i = 0; i < pairs; i++)
-                load_query(qf + i * G * D, a->q, a->bf16, i / a->T, i % a->T, G, a->T, D, a->scale);
-            _Pragma("omp for schedule(dynamic)") for (int64_t task = 0; task < pairs * G; task++) {
-                const int64_t i = task / G, g = task % G;
+                pairs_of_q[i] = prepare_query(qf + i * G * D, qp + i * G * D / 2, a->q, a->bf16, i / a->T, i % a->T, G,
+                                              a->T, D, a->scale);
+            _Pragma("omp for schedule(dynamic)") for (int64_t task = 0; task < pairs * (G / width); task++) {
+                const int64_t i = task / (G / width), g = task % (G / width) * width;
                 int64_t vis1, vis2;
                 pair_visibility(a, i % a->T, &vis1, &vis2);
-                head_lse(a, qf + i * G * D, i / a->T, vis1, vis2, g, g + 1, lse + i * G);
+                head_lse(a, qf + i * G * D, pairs_of_q[i], i / a->T, vis1, vis2, g, g + width, lse + i * G);
             }
             _Pragma("omp for schedule(dynamic)") for (int64_t task = 0; task < pairs * slices; task++) {
                 const int64_t i = task / slices, j0 = (task % slices) * SLICE;
                 int64_t vis1, vis2;
                 pair_visibility(a, i % a->T, &vis1, &vis2);
-                kernel_scores(a, qf + i * G * D, lse + i * G, i / a->T, vis1, j0, j0 + SLICE < n1 ? j0 + SLICE : n1,
-                              score + i * (n1 + VW));
+                kernel_scores(a, qf + i * G * D, pairs_of_q[i], lse + i * G, i / a->T, vis1, j0,
+                              j0 + SLICE < n1 ? j0 + SLICE : n1, score + i * (n1 + VW));
             }
             _Pragma("omp for") for (int64_t i = 0; i < pairs; i++)
                 choose_blocks(a, i / a->T, i % a->T, score + i * (n1 + VW), heaps + i * (a->keep + 1), chosen, values);
@@ -599,6 +875,8 @@ static int select_blocks(const Selection *a, int64_t *chosen, float *values, int
     free(score);
     free(qf);
     free(lse);
+    free(qp);
+    free(pairs_of_q);
     free(heaps);
     return failed ? 2 : 0;
 }
@@ -618,3 +896,12 @@ static int select_blocks(const Selection *a, int64_t *chosen, float *values, int
 
 SELECT_ENTRY(infllm_select_blocks_f32, float, 0)
 SELECT_ENTRY(infllm_select_blocks_bf16, uint16_t, 1)
+
+/* 1 when bfloat16 groups of 16 or 32 heads run on AVX512-BF16 dot products (use_head_lanes). */
+int infllm_bf16_dot_products(void) {
+#ifdef HEAD_LANES
+    return 1;
+#else
+    return 0;
+#endif
+}
