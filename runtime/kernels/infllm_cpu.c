@@ -22,7 +22,9 @@
  * threads to keep busy, so each query's keys are cut into spans of SPAN keys that threads take
  * separately and that are merged in span order afterwards. Every query is cut the same way
  * whatever else is in the call, so a query's output does not depend on how many queries came with
- * it (a verified speculative draft gets the numbers a plain decode step would).
+ * it (a verified speculative draft gets the numbers a plain decode step would). That holds on one
+ * machine: bfloat16 groups of 16 or 32 heads take the AVX512-BF16 path below where the CPU has it
+ * and the widening path elsewhere, which round differently.
  */
 #include <math.h>
 #include <stdint.h>
@@ -350,19 +352,11 @@ __attribute__((noinline)) static void attend_span_lanes(Softmax *s, const uint32
 }
 #endif
 
-/* One query (qf: [G][D] float32, already scaled; qp: its pairs from pack_query_pairs when
- * use_head_lanes, else NULL) over keys [from, to) of its ranges taken one after another, into s
- * (reset first). */
-__attribute__((noinline)) static void attend_span(Softmax *s, const float *qf, const uint32_t *qp, int64_t G, int64_t D,
-                                                  const void *kh, const void *vh, int bf16, const int64_t *rg, int64_t R,
-                                                  int64_t from, int64_t to, float scale) {
-#ifdef HEAD_LANES
-    if (qp) {
-        attend_span_lanes(s, qp, G, D, kh, vh, rg, R, from, to, scale);
-        return;
-    }
-#endif
-    (void)qp, (void)scale;
+/* One query (qf: [G][D] float32, already scaled) over keys [from, to) of its ranges taken one
+ * after another, into s (reset first), widening bfloat16 to float32. */
+__attribute__((noinline)) static void attend_span_f32(Softmax *s, const float *qf, int64_t G, int64_t D, const void *kh,
+                                                      const void *vh, int bf16, const int64_t *rg, int64_t R,
+                                                      int64_t from, int64_t to) {
     float w[MAX_GROUPS][CHUNK] __attribute__((aligned(64)));
     float kbuf[CHUNK * MAX_DIM], vbuf[CHUNK * MAX_DIM];
     softmax_reset(s, G, D);
@@ -400,6 +394,20 @@ __attribute__((noinline)) static void attend_span(Softmax *s, const float *qf, c
         }
         offset += len;
     }
+}
+
+/* A span of one query as prepare_query gave it: its pairs (qp) for use_head_lanes, else qf. Each
+ * path's buffers live in its own frame, so a task's stack holds only the one that runs. */
+static void attend_span(Softmax *s, const float *qf, const uint32_t *qp, int64_t G, int64_t D, const void *kh,
+                        const void *vh, int bf16, const int64_t *rg, int64_t R, int64_t from, int64_t to, float scale) {
+#ifdef HEAD_LANES
+    if (qp) {
+        attend_span_lanes(s, qp, G, D, kh, vh, rg, R, from, to, scale);
+        return;
+    }
+#endif
+    (void)qp, (void)scale;
+    attend_span_f32(s, qf, G, D, kh, vh, bf16, rg, R, from, to);
 }
 
 static int64_t ranges_length(const int64_t *rg, int64_t R) {
