@@ -8,7 +8,6 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from conftest import run_cli
