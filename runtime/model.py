@@ -235,11 +235,12 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            cache.k[layer, :, :, start : start + t] = k
+            cache.k[layer, :, :, start : start + t] = k  # cast to the cache's dtype, if it has its own
             cache.v[layer, :, :, start : start + t] = v
             k = cache.k[layer, :, :, : start + t]  # [B, Hkv, S, D]
             v = cache.v[layer, :, :, : start + t]
-        out = attend(q, k, v, start, layer, cache, sparse, segments)  # [B, H, T, D]
+            q = q.to(k.dtype)  # a cache in its own dtype (--kv-dtype): attention runs in it
+        out = attend(q, k, v, start, layer, cache, sparse, segments).to(x.dtype)  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -299,6 +300,7 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
         self.sparse: SparseSettings | None = None  # InfLLM v2 when set (runtime/sparse_attention.py)
+        self.kv_dtype: torch.dtype | None = None  # the KV cache's, when not the compute dtype (--kv-dtype)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -306,7 +308,7 @@ class CausalLM(nn.Module):
 
     def new_cache(self, capacity: int, batch_size: int = 1, rope_length: int | None = None) -> KVCache:
         device = self.model.embed_tokens.weight.device
-        return KVCache(self.config, batch_size, capacity, self.dtype, device, rope_length)
+        return KVCache(self.config, batch_size, capacity, self.kv_dtype or self.dtype, device, rope_length)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, rope_length: int | None = None,
                       positions: torch.Tensor | None = None, segments: Segments | None = None,

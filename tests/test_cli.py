@@ -246,6 +246,19 @@ def test_sparse_attention_from_the_command_line(tiny_minicpm, tiny_gguf):
                       "window_size")
 
 
+def test_a_kv_cache_dtype_from_the_command_line(tiny_minicpm, tiny_gguf):
+    args = ["generate", "--raw", "--prompt", "We hold these truths to be self-evident", "--max-tokens", "8",
+            "--temperature", "0", "--verbose"]
+    half = run_cli(*args, "--model", str(tiny_minicpm), "--kv-dtype", "bfloat16", "--sparse", "on",
+                   "--sparse-dense-len", "4")
+    assert half.returncode == 0, half.stderr
+    assert "KV cache in bfloat16 (compute in float32" in half.stderr and "generated" in half.stderr
+    on_llama = run_cli(*args, "--model", str(tiny_gguf), "--backend", "gguf", "--kv-dtype", "bfloat16")
+    assert on_llama.returncode == 0 and "--kv-dtype bfloat16 is the torch backend's" in on_llama.stderr
+    wrong = run_cli(*args, "--model", str(tiny_minicpm), "--kv-dtype", "int8")
+    assert wrong.returncode != 0 and "invalid choice: 'int8'" in wrong.stderr
+
+
 def test_runtime_notices_are_said_once(tiny_minicpm):
     """A path that cannot honour sparse attention says so once, however many layers meet it."""
     code = (

@@ -160,6 +160,55 @@ def test_bfloat16_stays_close_to_float32(embedded_torch, english_text):
     assert ((a - b).abs().mean() / a.std()) < 0.05
 
 
+def test_a_bfloat16_kv_cache_halves_the_cache_and_stays_close_to_float32(embedded_torch, english_text):
+    """--kv-dtype bfloat16 on a float32 model: the cache takes half the bytes, attention runs in
+    bfloat16 over it, and the logits stay within bfloat16 noise of the float32 cache's (same greedy
+    choices almost everywhere), through chunked prefill and decode steps."""
+    model = embedded_torch.model
+    x = torch.tensor([embedded_torch.tokenizer.encode(english_text)[:200]])
+
+    def cached_logits():
+        cache = model.new_cache(capacity=x.shape[1])
+        with torch.inference_mode():
+            pieces = [model(x[:, :150], cache)] + [model(x[:, t : t + 1], cache) for t in range(150, x.shape[1])]
+        return torch.cat(pieces, dim=1)[0], cache
+
+    full, full_cache = cached_logits()
+    model.kv_dtype = torch.bfloat16
+    try:
+        half, half_cache = cached_logits()
+    finally:
+        model.kv_dtype = None
+    assert half_cache.k.dtype == torch.bfloat16 and full_cache.k.dtype == torch.float32
+    assert half_cache.k.nbytes * 2 == full_cache.k.nbytes
+    assert half.dtype == torch.float32  # the model still computes in float32
+    assert (full.argmax(-1) == half.argmax(-1)).float().mean() > 0.9
+    assert ((full - half).abs().mean() / full.std()) < 0.05
+    assert not torch.equal(full, half)  # it did run in bfloat16
+
+
+def test_sparse_attention_over_a_bfloat16_cache_of_a_float32_model(model):
+    """InfLLM v2 on a bfloat16 cache (compressed keys in bfloat16 too) under a float32 model, chunked
+    prefill then decode: close to the same model's float32 cache."""
+    from runtime.sparse_attention import SparseSettings
+
+    x = ids(300, seed=4)
+    model.sparse = SparseSettings(kernel_size=8, kernel_stride=4, init_blocks=1, block_size=16, window_size=32,
+                                  topk=3, dense_len=0)
+    try:
+        outs = []
+        for kv_dtype in (None, torch.bfloat16):
+            model.kv_dtype = kv_dtype
+            cache = model.new_cache(capacity=300)
+            pieces = [model(x[:, :250], cache)] + [model(x[:, t : t + 1], cache) for t in range(250, 300)]
+            assert cache.compressed[0].keys(0).dtype == (kv_dtype or torch.float32)
+            outs.append(torch.cat(pieces, dim=1)[0])
+    finally:
+        model.sparse, model.kv_dtype = None, None
+    full, half = outs
+    assert ((full - half).abs().mean() / full.std()) < 0.05
+
+
 def test_llama_cpp_row_permutation_round_trips():
     w = torch.randn(4 * 32, 128)
     permuted = permute_rope_rows(w, 4)

@@ -297,10 +297,10 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
     backend = ScriptedBackend("from the preset")
     config = {"models": [{"name": "embedded", "model": "default"},
                          {"name": "long context", "model": "long.gguf", "backend": "torch", "context_length": 2048,
-                          "quant": "int4", "speculative": "lookup", "temperature": 1.5}]}
+                          "quant": "int4", "kv_dtype": "bfloat16", "speculative": "lookup", "temperature": 1.5}]}
     app, store = make_app(tmp_path, backend, config=config)
     app.host._load_backend = lambda name, model, **kw: loads.append(
-        (name, model, kw["context_length"], kw["quant"], kw["speculative"])) or backend
+        (name, model, kw["context_length"], kw["quant"], kw["kv_dtype"], kw["speculative"])) or backend
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -310,16 +310,38 @@ async def test_a_model_preset_fills_the_model_fields_and_the_chat_loads_it(tmp_p
         assert app.screen.query_one("#model").value == "long.gguf"
         assert app.screen.query_one("#context_length").value == "2048"
         assert app.screen.query_one("#quant").value == "int4"
+        assert app.screen.query_one("#kv_dtype").value == "bfloat16"
         assert app.screen.query_one("#speculative").value == "lookup"
         assert app.screen.query_one("#temperature").value == "0.3"  # sampling stays the chat's
         app.screen.query_one("#save").press()
         await settle(pilot)
         await send(pilot, "hi")
-    assert ("torch", "long.gguf", 2048, "int4", "lookup") in loads
+    assert ("torch", "long.gguf", 2048, "int4", "bfloat16", "lookup") in loads
     chat = store.list()[0]
     options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
-    assert (options.model, options.backend, options.context_length, options.quant, options.speculative,
-            options.temperature) == ("long.gguf", "torch", 2048, "int4", "lookup", 0.3)
+    assert (options.model, options.backend, options.context_length, options.quant, options.kv_dtype,
+            options.speculative, options.temperature) == ("long.gguf", "torch", 2048, "int4", "bfloat16", "lookup", 0.3)
+
+
+async def test_saving_the_settings_keeps_what_the_form_does_not_show(tmp_path):
+    """A chat started with a LoRA adapter (`minicpm chat --adapter`) keeps it when its settings are
+    saved: the form has no adapter field, and saving used to drop it and reload the bare model."""
+    loads = []
+    backend = ScriptedBackend("with the adapter")
+    app, store = make_app(tmp_path, backend, config={"new_chat": {"adapter": "smollm2-mcp"}})
+    app.host._load_backend = lambda name, model, **kw: loads.append((kw["adapter"], kw["kv_dtype"])) or backend
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        app.screen.query_one("#kv_dtype").value = "bfloat16"
+        app.screen.query_one("#save").press()
+        await settle(pilot)
+        await send(pilot, "hi")
+    assert loads[-1] == ("smollm2-mcp", "bfloat16")  # the reload after saving (the first is the preload)
+    assert all(adapter == "smollm2-mcp" for adapter, _ in loads)
+    chat = store.list()[0]
+    options = ChatOptions.from_settings(chat.model, chat.backend, chat.settings)
+    assert (options.adapter, options.kv_dtype) == ("smollm2-mcp", "bfloat16")
 
 
 async def test_eagle_decoding_is_chosen_in_the_settings_with_its_head_folder(tmp_path):

@@ -250,6 +250,24 @@ def test_the_header_names_quantized_weights(tiny_minicpm):
     assert ChatOptions().load_key() != ChatOptions(speculative="lookup").load_key()  # another backend object
 
 
+def test_a_kv_cache_in_its_own_dtype_is_named_and_checked(tiny_minicpm):
+    from runtime.backends.base import load_backend
+    from runtime.backends.torch_backend import TorchBackend
+    from tui.engine import describe_backend
+
+    half = TorchBackend.load(str(tiny_minicpm), kv_dtype="bfloat16")  # a float32 model (auto: under 2B)
+    assert describe_backend(half)["attention"] == "dense attention · bfloat16 KV cache"
+    assert any(d.startswith("KV cache in bfloat16 (compute in float32") for d in half.details)
+    assert str(half.loaded.model.new_cache(8).k.dtype) == "torch.bfloat16"
+    same = TorchBackend.load(str(tiny_minicpm), kv_dtype="float32")  # the compute dtype already: nothing to do
+    assert same.loaded.model.kv_dtype is None and describe_backend(same)["attention"] == "dense attention"
+    with pytest.raises(MiniCPMError, match="--kv-dtype must be one of auto, float32, bfloat16"):
+        load_backend("torch", str(tiny_minicpm), kv_dtype="int8")
+    with pytest.raises(MiniCPMError, match="the KV cache dtype must be auto, bfloat16 or float32"):
+        ChatOptions(kv_dtype="float16")
+    assert ChatOptions().load_key() != ChatOptions(kv_dtype="bfloat16").load_key()
+
+
 def test_a_chat_with_eagle_decoding_loads_the_head_and_replies_as_plain_decoding_does(tmp_path, tiny_minicpm):
     from test_eagle import upstream_head
     from tui.engine import describe_backend

@@ -36,6 +36,7 @@ class ChatOptions:
     base_url: str | None = None  # the openai backend's server
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
     quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
+    kv_dtype: str = "auto"  # the torch backend's KV cache: auto (the compute dtype) | bfloat16 | float32
     speculative: str = "none"  # the torch backend's speculative decoding: none | lookup | eagle (runtime/speculative.py)
     draft_model: str | None = None  # eagle: the Eagle head's folder (runtime/eagle.py)
     frspec_vocab: int | None = None  # eagle: draft over FR-Spec's N most frequent tokens (the head's freq_N.pt)
@@ -56,6 +57,8 @@ class ChatOptions:
             problems.append(f"sparse attention must be auto, on or off (got {self.sparse!r})")
         if self.quant not in ("none", "int8", "int4"):
             problems.append(f"quant must be none, int8 or int4 (got {self.quant!r})")
+        if self.kv_dtype not in ("auto", "bfloat16", "float32"):
+            problems.append(f"the KV cache dtype must be auto, bfloat16 or float32 (got {self.kv_dtype!r})")
         if self.speculative not in ("none", "lookup", "eagle"):
             problems.append(f"speculative decoding must be none, lookup or eagle (got {self.speculative!r})")
         if self.speculative == "eagle" and not self.draft_model:
@@ -106,8 +109,8 @@ class ChatOptions:
 
     def load_key(self) -> tuple:
         """What decides which backend is loaded: chats that share it share the loaded model."""
-        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.speculative, self.draft_model,
-                self.frspec_vocab, self.adapter, self.context_length)
+        return (self.model, self.backend, self.base_url, self.sparse, self.quant, self.kv_dtype, self.speculative,
+                self.draft_model, self.frspec_vocab, self.adapter, self.context_length)
 
 
 class HostClosedError(MiniCPMError):
@@ -176,7 +179,8 @@ class ModelHost:
             backend = self._load_backend(options.backend, options.model, context_length=options.context_length,
                                          sparse=options.sparse, quant=options.quant, base_url=options.base_url,
                                          speculative=options.speculative, draft_model=options.draft_model,
-                                         frspec_vocab=options.frspec_vocab or 0, adapter=options.adapter)
+                                         frspec_vocab=options.frspec_vocab or 0, adapter=options.adapter,
+                                         kv_dtype=options.kv_dtype)
             return backend
         finally:
             with self._state:
@@ -218,6 +222,8 @@ def describe_backend(backend) -> dict[str, str]:
         kinds = {type(m) for m in model.modules()}
         if Int4Linear in kinds or Int8Linear in kinds:
             attention += " · int4 weights" if Int4Linear in kinds else " · int8 weights"
+        if getattr(model, "kv_dtype", None) is not None:
+            attention += f" · {str(model.kv_dtype).removeprefix('torch.')} KV cache"
     if getattr(backend, "speculative", "none") != "none":
         attention += f" · {backend.speculative} drafts"
     return {"backend": backend.name, "model": backend.model_label, "attention": attention,

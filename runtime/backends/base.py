@@ -14,6 +14,7 @@ from runtime.errors import BackendUnavailableError, MiniCPMError
 from runtime.events import GenerationEvent, SamplingParams
 
 BACKENDS = ("torch", "gguf", "openai", "auto")
+KV_DTYPES = ("auto", "float32", "bfloat16")  # the torch backend's KV cache (auto: the compute dtype)
 
 
 class Backend(ABC):
@@ -107,6 +108,7 @@ def load_backend(
     adapter: str | None = None,
     draft_model: str | None = None,
     frspec_vocab: int = 0,
+    kv_dtype: str = "auto",
 ) -> Backend:
     """Load `model` (a model reference, see runtime/model_ref.py) on the named backend.
 
@@ -117,12 +119,15 @@ def load_backend(
     draft_max drafted tokens per forward (runtime/speculative.py); eagle drafts with the head in
     draft_model, over FR-Spec's frspec_vocab most frequent tokens when that is set (runtime/eagle.py);
     base_url, api_key: the openai backend's server (default from MINICPM_BASE_URL / MINICPM_API_KEY);
-    adapter: a LoRA adapter folder or shipped name (runtime/adapter.py), torch and gguf backends.
+    adapter: a LoRA adapter folder or shipped name (runtime/adapter.py), torch and gguf backends;
+    kv_dtype: auto | float32 | bfloat16, the torch backend's KV cache (auto: the compute dtype).
     """
     if context_length is not None and context_length < 2:
         raise MiniCPMError(f"--ctx must be at least 2 tokens (got {context_length})")
     if threads is not None and threads < 1:
         raise MiniCPMError(f"--threads must be at least 1 (got {threads})")
+    if kv_dtype not in KV_DTYPES:
+        raise MiniCPMError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)} (got {kv_dtype!r})")
     check_draft_options(speculative, draft_model, frspec_vocab)  # mismatched draft flags fail before any load
     if adapter is not None:  # a mistyped adapter fails before the model loads
         from runtime.adapter import resolve_adapter
@@ -134,7 +139,7 @@ def load_backend(
         return TorchBackend.load(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads,
                                  sparse=sparse, sparse_overrides=sparse_overrides, speculative=speculative,
                                  draft_max=draft_max, adapter=adapter, draft_model=draft_model,
-                                 frspec_vocab=frspec_vocab)
+                                 frspec_vocab=frspec_vocab, kv_dtype=kv_dtype)
     if name == "gguf":
         from runtime.backends.gguf_backend import GGUFBackend
 
@@ -148,6 +153,9 @@ def load_backend(
         if speculative != "none":
             backend.notices.append(f"--speculative {speculative} is the torch backend's: the gguf backend decodes "
                                    "token by token (use --backend torch)")
+        if kv_dtype != "auto":
+            backend.notices.append(f"--kv-dtype {kv_dtype} is the torch backend's: llama.cpp keeps its KV cache in "
+                                   "float16")
         return backend
     if name == "openai":
         from runtime.backends.openai_backend import OpenAIBackend
@@ -161,6 +169,9 @@ def load_backend(
         if speculative != "none":
             backend.notices.append(f"--speculative {speculative} is the torch backend's: the server decodes as it was "
                                    "configured")
+        if kv_dtype != "auto":
+            backend.notices.append(f"--kv-dtype {kv_dtype} is the torch backend's: the server keeps its cache as it "
+                                   "was configured")
         return backend
     if name == "auto":
         from runtime.backends.auto import load_auto
@@ -168,5 +179,5 @@ def load_backend(
         return load_auto(model, dtype=dtype, quant=quant, context_length=context_length, threads=threads, sparse=sparse,
                          sparse_overrides=sparse_overrides, base_url=base_url, api_key=api_key,
                          speculative=speculative, draft_max=draft_max, adapter=adapter, draft_model=draft_model,
-                         frspec_vocab=frspec_vocab)
+                         frspec_vocab=frspec_vocab, kv_dtype=kv_dtype)
     raise BackendUnavailableError(f"unknown backend '{name}' (choose one of: {', '.join(BACKENDS)})")

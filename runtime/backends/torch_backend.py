@@ -43,18 +43,21 @@ class TorchBackend(Backend):
     def load(cls, model: str | None, *, dtype: str = "auto", quant: str = "none", context_length=None, threads=None,
              sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
              draft_max: int = 8, adapter: str | None = None, draft_model: str | None = None,
-             frspec_vocab: int = 0) -> TorchBackend:
+             frspec_vocab: int = 0, kv_dtype: str = "auto") -> TorchBackend:
         from runtime.adapter import adapter_dialect, adapter_name
         from runtime.backends.base import check_draft_options
         from runtime.sparse_attention import describe, resolve_sparse
 
+        import torch
+
         check_draft_options(speculative, draft_model, frspec_vocab)
-
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         loaded = load_torch_model(model, dtype=dtype, quant=quant, adapter=adapter)
+        if kv_dtype != "auto" and getattr(torch, kv_dtype) != loaded.model.dtype:
+            loaded.model.kv_dtype = getattr(torch, kv_dtype)
+            loaded.details.append(f"KV cache in {kv_dtype} (compute in {str(loaded.model.dtype).removeprefix('torch.')}; "
+                                  "attention runs in the cache's dtype)")
         settings, notes = resolve_sparse(sparse, loaded.config, sparse_overrides)
         loaded.model.sparse = settings
         loaded.notices.extend(notes)

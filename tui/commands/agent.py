@@ -120,7 +120,8 @@ def _build_agent(args, sessions, checkpointer, console):
 
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           **speculative_options(args), adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter,
+                           kv_dtype=args.kv_dtype)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     try:

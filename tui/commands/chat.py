@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="InfLLM v2 sparse attention on the torch backend for a new chat")
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default=None,
                         help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
+    parser.add_argument("--kv-dtype", choices=("auto", "bfloat16", "float32"), default=None,
+                        help="the KV cache's dtype for a new chat on the torch backend (auto: the compute dtype; "
+                             "bfloat16 halves a float32 or --quant model's cache)")
     parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default=None,
                         help="speculative decoding for a new chat on the torch backend: prompt-lookup drafts, or an "
                              "Eagle head's (runtime/speculative.py, runtime/eagle.py)")
@@ -102,7 +105,8 @@ def new_chat_options(options, args: argparse.Namespace):
         changes["model"] = args.model
         if args.backend is None:
             changes["backend"] = "auto"
-    for name in ("backend", "base_url", "sparse", "quant", "speculative", "draft_model", "frspec_vocab", "adapter"):
+    for name in ("backend", "base_url", "sparse", "quant", "kv_dtype", "speculative", "draft_model", "frspec_vocab",
+                 "adapter"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.base_url is not None and args.backend is None:

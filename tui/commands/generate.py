@@ -29,6 +29,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                         help="torch backend: quantize the linear layers' weights on load (int8 per channel, int4 in "
                              "groups of 32; runtime/quantize.py); llama.cpp runs a GGUF's own quantization (none)")
+    parser.add_argument("--kv-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="torch backend: the KV cache's dtype, in which attention runs (auto: the compute dtype); "
+                             "bfloat16 halves a float32 or --quant model's cache at long context")
     parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default="none",
                         help="torch backend: draft tokens and check them in one forward, same output; lookup: the "
                              "continuation of an earlier occurrence of the last few tokens (fast where the reply "
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
               "file's own types", file=sys.stderr)
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           **speculative_options(args), adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter,
+                           kv_dtype=args.kv_dtype)
     for notice in backend.notices:
         print(f"minicpm: note: {notice}", file=sys.stderr)
     if args.verbose:

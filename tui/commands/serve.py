@@ -100,7 +100,7 @@ def load_backends(args: argparse.Namespace) -> list:
         backends.append(load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx,
                                      threads=threads, sparse=args.sparse, sparse_overrides=sparse_options(args),
                                      base_url=args.base_url, **speculative_options(args),
-                                     adapter=args.adapter))
+                                     adapter=args.adapter, kv_dtype=args.kv_dtype))
     return backends
 
 

@@ -112,7 +112,8 @@ def _load_model(args, console):
 
     backend = load_backend(args.backend, args.model, dtype=args.dtype, quant=args.quant, context_length=args.ctx, threads=args.threads,
                            sparse=args.sparse, sparse_overrides=sparse_options(args), base_url=args.base_url,
-                           **speculative_options(args), adapter=args.adapter)
+                           **speculative_options(args), adapter=args.adapter,
+                           kv_dtype=args.kv_dtype)
     for notice in backend.notices:
         console.print(f"[yellow]minicpm: note: {escape(notice)}[/]")
     return ChatMiniCPM(backend=backend, temperature=0.0, seed=args.seed)

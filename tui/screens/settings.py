@@ -7,6 +7,8 @@ itself, and a problem is shown under the form instead of closing it.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -34,6 +36,7 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         """presets: tui.config.ModelEntry list; servers: {MCP server: its tool count, None if not started}."""
         super().__init__(classes="dialog")
         self.options = options
+        self.base = options  # read() puts the form's fields over these
         self.system_prompt = system_prompt
         self.presets = presets
         self.servers = servers
@@ -51,18 +54,20 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
                 yield Select([(b, b) for b in ("auto", "torch", "gguf", "openai")], value=o.backend, id="backend",
                              allow_blank=False)
                 yield Input(o.base_url or "", placeholder="server URL (openai backend)", id="base_url")
-            yield Label("InfLLM v2 attention · weights · decoding (torch only) · thinking")
+            yield Label("InfLLM v2 attention · weights · KV cache (torch only) · thinking")
             with Horizontal(classes="row"):
                 yield Select([("attn auto", "auto"), ("sparse", "on"), ("dense", "off")], value=o.sparse, id="sparse",
                              allow_blank=False)
                 yield Select([("float", "none"), ("int8", "int8"), ("int4", "int4")], value=o.quant, id="quant",
                              allow_blank=False)
-                yield Select([("plain", "none"), ("lookup", "lookup"), ("eagle", "eagle")], value=o.speculative,
-                             id="speculative", allow_blank=False)
+                yield Select([("KV auto", "auto"), ("KV bf16", "bfloat16"), ("KV f32", "float32")], value=o.kv_dtype,
+                             id="kv_dtype", allow_blank=False)
                 yield Select([(f"think {v}", v) for v in ("auto", "on", "off")], value=o.thinking, id="thinking",
                              allow_blank=False)
-            yield Label("Eagle decoding: head folder · FR-Spec vocabulary (freq_N.pt)")
+            yield Label("Decoding · Eagle head folder · FR-Spec vocabulary (torch only)")
             with Horizontal(classes="row"):
+                yield Select([("plain", "none"), ("lookup", "lookup"), ("eagle", "eagle")], value=o.speculative,
+                             id="speculative", allow_blank=False)
                 yield Input(o.draft_model or "", placeholder="Eagle head folder", id="draft_model")
                 yield Input("" if o.frspec_vocab is None else str(o.frspec_vocab), placeholder="full vocabulary",
                             id="frspec_vocab")
@@ -88,11 +93,13 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         if event.select.id != "preset" or event.value is Select.BLANK:
             return
         preset = self.presets[event.value].options
+        self.base = preset  # what the form does not show (the adapter) comes with the preset
         self.query_one("#model", Input).value = preset.model
         self.query_one("#backend", Select).value = preset.backend
         self.query_one("#base_url", Input).value = preset.base_url or ""
         self.query_one("#sparse", Select).value = preset.sparse
         self.query_one("#quant", Select).value = preset.quant
+        self.query_one("#kv_dtype", Select).value = preset.kv_dtype
         self.query_one("#speculative", Select).value = preset.speculative
         self.query_one("#draft_model", Input).value = preset.draft_model or ""
         self.query_one("#frspec_vocab", Input).value = "" if preset.frspec_vocab is None else str(preset.frspec_vocab)
@@ -100,11 +107,14 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         self.query_one("#context_length", Input).value = "" if preset.context_length is None else str(preset.context_length)
 
     def read(self) -> ChatOptions:
+        """The form's fields over the chat's options (or the chosen preset's): a setting the form does
+        not show, the LoRA adapter, is kept, not dropped."""
         value = lambda wid: self.query_one(f"#{wid}", Input).value  # noqa: E731
-        return ChatOptions(
+        return replace(
+            self.base,
             model=value("model").strip(), backend=self.query_one("#backend", Select).value,
             base_url=value("base_url").strip() or None, sparse=self.query_one("#sparse", Select).value,
-            quant=self.query_one("#quant", Select).value,
+            quant=self.query_one("#quant", Select).value, kv_dtype=self.query_one("#kv_dtype", Select).value,
             speculative=self.query_one("#speculative", Select).value,
             draft_model=value("draft_model").strip() or None,
             frspec_vocab=_number(value("frspec_vocab"), int, "FR-Spec vocabulary", optional=True),
