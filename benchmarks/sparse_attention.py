@@ -10,9 +10,9 @@ unrelated blocks (the hardest case for a CPU implementation):
 Part `model`: the embedded SmolLM2 in bfloat16 with sparse attention forced on, over real text
 (arXiv abstracts from ../shared/data when present), prefilled in the runtime's 512-token chunks
 to 16K, 32K and 64K tokens with 16 greedy decode steps at each: torch sparse, torch dense,
-llama.cpp (llama-cpp-python, dense, same thread count) and torch sparse with --quant int4
-(`--engines` picks some). Each engine runs in its own process,
-so its peak RSS is its own.
+llama.cpp (llama-cpp-python, dense, same thread count), torch sparse with --quant int4, and that
+with its KV cache in bfloat16 (--kv-dtype bfloat16) (`--engines` picks some). Each engine runs in
+its own process, so its peak RSS is its own.
 
 Writes benchmarks/results/sparse_attention.json (or --out) and prints a table.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 from benchmarks.common import ENGLISH_TEXT, RESULTS, script_main, write_json
 
 ARXIV = Path(__file__).resolve().parents[2] / "shared" / "data" / "arxiv" / "arxiv_cs_ai_sample10k.jsonl.gz"
-ENGINES = ("torch-sparse", "torch-dense", "llama.cpp", "torch-sparse-int4")
+ENGINES = ("torch-sparse", "torch-dense", "llama.cpp", "torch-sparse-int4", "torch-sparse-int4-kv-bf16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-contexts", type=int, nargs="+", default=[16384, 32768, 65536], metavar="N")
     parser.add_argument("--decode-tokens", type=int, default=16, metavar="N")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
-                        help="model part: the engines to run (default: all; torch-sparse-int4 is --quant int4)")
+                        help="model part: the engines to run (default: all; torch-sparse-int4 is --quant int4, "
+                             "-kv-bf16 adds --kv-dtype bfloat16)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
     parser.add_argument("--out", type=Path, default=RESULTS / "sparse_attention.json")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)  # one engine, in a child process
@@ -139,8 +140,11 @@ def model_worker(engine: str, contexts: list[int], decode_tokens: int, threads: 
     from runtime.sparse_attention import SparseSettings, compressed_cache_bytes
 
     torch.set_num_threads(threads)
-    int4 = engine == "torch-sparse-int4"  # --quant int4: float32 activations, int4 weights (lm_head int8)
+    # --quant int4: float32 activations, int4 weights (lm_head int8); -kv-bf16: with --kv-dtype bfloat16
+    int4 = engine.startswith("torch-sparse-int4")
     loaded = load_torch_model("default", dtype="float32" if int4 else "bfloat16", quant="int4" if int4 else "none")
+    if engine.endswith("-kv-bf16"):
+        loaded.model.kv_dtype = torch.bfloat16
     ids = long_text_ids(loaded.tokenizer.encode, max(contexts))
     points, prefill_s, done = [], 0.0, 0
     if engine == "llama.cpp":
@@ -203,7 +207,8 @@ def model_part(args, threads: int) -> dict:
                         f"(prefill so far {p['prefill_seconds_so_far']:6.1f} s, peak RSS {p['peak_rss_bytes'] / 2**30:.2f} GiB)")
         print("  ".join(line))
     return {"model": "default (SmolLM2-135M-Instruct Q4_1, embedded); torch-sparse and torch-dense in bfloat16, "
-                     "torch-sparse-int4 in float32 with int4 weights (lm_head int8)",
+                     "torch-sparse-int4 in float32 with int4 weights (lm_head int8), torch-sparse-int4-kv-bf16 the "
+                     "same with its KV cache in bfloat16 (--kv-dtype bfloat16)",
             "text": "arXiv abstracts" if ARXIV.is_file() else "public-domain English prose, repeated",
             "runs": runs}
 
