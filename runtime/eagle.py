@@ -147,7 +147,8 @@ class EagleDrafter:
 
     def __init__(self, head: EagleHead, vocab: DraftVocabulary, target: CausalLM, capacity: int, rope_length: int):
         self.head, self.vocab, self.target = head, vocab, target
-        self.cache = head.new_cache(capacity, target.dtype, target.model.embed_tokens.weight.device, rope_length)
+        self.cache = head.new_cache(capacity, target.kv_dtype or target.dtype, target.model.embed_tokens.weight.device,
+                                   rope_length)
         self.features: list[torch.Tensor] = []  # [n, C] blocks for positions cache.length ..
         self.seconds = 0.0  # time spent drafting, a running total
 

@@ -65,10 +65,12 @@ def test_speculative_sampling_keeps_the_models_distribution():
 @pytest.mark.parametrize("sparse", [None, SparseSettings(kernel_size=8, kernel_stride=4, block_size=16, window_size=32,
                                                          topk=3, dense_len=24)])
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
-def test_greedy_lookup_gives_the_tokens_of_plain_greedy(tiny, sparse, penalty):
-    """float32, so that a k-token forward rounds as the 1-token one does; with sparse attention the
-    cache's compressed keys must be cut back with the rejected drafts."""
-    tiny.model.sparse = sparse
+@pytest.mark.parametrize("kv_dtype", [None, torch.bfloat16])  # --kv-dtype bfloat16: attention in bfloat16
+def test_greedy_lookup_gives_the_tokens_of_plain_greedy(tiny, sparse, penalty, kv_dtype):
+    """float32, so that a k-token forward rounds as the 1-token one does (a bfloat16 KV cache too:
+    each checked query attends as its decode step would); with sparse attention the cache's
+    compressed keys must be cut back with the rejected drafts."""
+    tiny.model.sparse, tiny.model.kv_dtype = sparse, kv_dtype
     try:
         prompt = tiny.tokenizer.encode("We hold these truths to be self-evident, that all men are created equal, "
                                        "that they are endowed with certain unalienable rights")
@@ -76,7 +78,7 @@ def test_greedy_lookup_gives_the_tokens_of_plain_greedy(tiny, sparse, penalty):
         plain, last_plain = run(tiny, prompt, params)
         fast, last = run(tiny, prompt, params, speculative="lookup", draft_max=5)
     finally:
-        tiny.model.sparse = None
+        tiny.model.sparse, tiny.model.kv_dtype = None, None
     assert fast == plain
     assert last_plain.verify_steps == 0 and last_plain.mean_accepted_length is None
     assert last.verify_steps > 0 and last.accepted_tokens <= last.draft_tokens <= 5 * last.verify_steps

@@ -64,9 +64,11 @@ def test_chat_takes_an_adapter_for_new_chats():
     from tui.commands.chat import new_chat_options
     from tui.engine import ChatOptions
 
-    args = build_parser().parse_args(["chat", "--adapter", "smollm2-mcp"])
+    args = build_parser().parse_args(["chat", "--adapter", "smollm2-mcp", "--kv-dtype", "bfloat16"])
     options = new_chat_options(ChatOptions(), args)
     assert options.adapter == "smollm2-mcp" and "smollm2-mcp" in options.load_key()
+    assert options.kv_dtype == "bfloat16"
+    assert ChatOptions.from_settings("default", "auto", {"quant": "int4"}).kv_dtype == "auto"  # a chat from before
     assert ChatOptions.from_settings("default", "auto", options.to_settings()).adapter == "smollm2-mcp"
     from runtime.errors import MiniCPMError
 

@@ -344,6 +344,36 @@ async def test_saving_the_settings_keeps_what_the_form_does_not_show(tmp_path):
     assert (options.adapter, options.kv_dtype) == ("smollm2-mcp", "bfloat16")
 
 
+async def test_the_adapter_goes_with_its_model_in_the_settings(tmp_path):
+    """The adapter belongs to the chat's model: another model, a server, or a preset leaves it;
+    a preset picked and then put back to "keep the fields" does not."""
+    from textual.widgets import Select
+
+    backend = ScriptedBackend()
+    config = {"new_chat": {"adapter": "smollm2-mcp"}, "models": [{"name": "bare", "model": "default"}]}
+    app, store = make_app(tmp_path, backend, config=config)
+    app.host._load_backend = lambda name, model, **kw: backend
+
+    async def save(*fields):
+        app.screen.apply_settings(ChatOptions(adapter="smollm2-mcp"), "")
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        for wid, value in fields:
+            app.screen.query_one(f"#{wid}").value = value
+            await pilot.pause()
+        app.screen.query_one("#save").press()
+        await settle(pilot)
+        return app.screen.options
+
+    async with app.run_test(size=(120, 50)) as pilot:
+        assert (await save(("temperature", "0.5"))).adapter == "smollm2-mcp"
+        assert (await save(("preset", 0))).adapter is None  # the preset has none
+        assert (await save(("preset", 0), ("preset", Select.NULL))).adapter == "smollm2-mcp"
+        assert (await save(("model", "other.gguf"))).adapter is None
+        served = await save(("backend", "openai"), ("base_url", "http://127.0.0.1:1/v1"))  # refused before
+        assert served.adapter is None and served.backend == "openai"
+
+
 async def test_eagle_decoding_is_chosen_in_the_settings_with_its_head_folder(tmp_path):
     loads = []
     backend = ScriptedBackend("drafted")

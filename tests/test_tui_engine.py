@@ -263,7 +263,7 @@ def test_a_kv_cache_in_its_own_dtype_is_named_and_checked(tiny_minicpm):
     assert same.loaded.model.kv_dtype is None and describe_backend(same)["attention"] == "dense attention"
     with pytest.raises(MiniCPMError, match="--kv-dtype must be one of auto, float32, bfloat16"):
         load_backend("torch", str(tiny_minicpm), kv_dtype="int8")
-    with pytest.raises(MiniCPMError, match="the KV cache dtype must be auto, bfloat16 or float32"):
+    with pytest.raises(MiniCPMError, match="the KV cache dtype must be auto, float32 or bfloat16"):
         ChatOptions(kv_dtype="float16")
     assert ChatOptions().load_key() != ChatOptions(kv_dtype="bfloat16").load_key()
 

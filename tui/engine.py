@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime.backends.base import KV_DTYPES
 from runtime.errors import MiniCPMError
 from runtime.events import SamplingParams
 
@@ -36,7 +37,7 @@ class ChatOptions:
     base_url: str | None = None  # the openai backend's server
     sparse: str = "auto"  # InfLLM v2 sparse attention on the torch backend: auto | on | off
     quant: str = "none"  # the torch backend's weight quantization: none | int8 | int4 (runtime/quantize.py)
-    kv_dtype: str = "auto"  # the torch backend's KV cache: auto (the compute dtype) | bfloat16 | float32
+    kv_dtype: str = "auto"  # the torch backend's KV cache: auto (the compute dtype) | float32 | bfloat16
     speculative: str = "none"  # the torch backend's speculative decoding: none | lookup | eagle (runtime/speculative.py)
     draft_model: str | None = None  # eagle: the Eagle head's folder (runtime/eagle.py)
     frspec_vocab: int | None = None  # eagle: draft over FR-Spec's N most frequent tokens (the head's freq_N.pt)
@@ -57,8 +58,9 @@ class ChatOptions:
             problems.append(f"sparse attention must be auto, on or off (got {self.sparse!r})")
         if self.quant not in ("none", "int8", "int4"):
             problems.append(f"quant must be none, int8 or int4 (got {self.quant!r})")
-        if self.kv_dtype not in ("auto", "bfloat16", "float32"):
-            problems.append(f"the KV cache dtype must be auto, bfloat16 or float32 (got {self.kv_dtype!r})")
+        if self.kv_dtype not in KV_DTYPES:
+            problems.append(f"the KV cache dtype must be {', '.join(KV_DTYPES[:-1])} or {KV_DTYPES[-1]} "
+                            f"(got {self.kv_dtype!r})")
         if self.speculative not in ("none", "lookup", "eagle"):
             problems.append(f"speculative decoding must be none, lookup or eagle (got {self.speculative!r})")
         if self.speculative == "eagle" and not self.draft_model:

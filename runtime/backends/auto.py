@@ -14,7 +14,7 @@ from runtime.backends.base import Backend
 
 
 def choose_backend(model: str | None, *, context_length: int | None, sparse: str, base_url: str | None,
-                   quant: str = "none", speculative: str = "none") -> tuple[str, str]:
+                   quant: str = "none", speculative: str = "none", kv_dtype: str = "auto") -> tuple[str, str]:
     """(backend name, the reason, for the user)."""
     if base_url:
         return "openai", f"--base-url {base_url} names a server"
@@ -34,6 +34,8 @@ def choose_backend(model: str | None, *, context_length: int | None, sparse: str
         return "torch", f"--quant {quant}: the torch runtime quantizes the weights on load"
     if speculative != "none":
         return "torch", f"--speculative {speculative}: speculative decoding is the torch runtime's"
+    if kv_dtype != "auto":
+        return "torch", f"--kv-dtype {kv_dtype}: the KV cache's dtype is the torch runtime's choice"
     return "gguf", "a .gguf file on CPU: llama.cpp runs its quantized weights as they are"
 
 
@@ -42,7 +44,8 @@ def load_auto(model: str | None, **options) -> Backend:
 
     name, reason = choose_backend(model, context_length=options.get("context_length"), sparse=options.get("sparse", "auto"),
                                   base_url=options.get("base_url"), quant=options.get("quant", "none"),
-                                  speculative=options.get("speculative", "none"))
+                                  speculative=options.get("speculative", "none"),
+                                  kv_dtype=options.get("kv_dtype", "auto"))
     backend = load_backend(name, model, **options)
     backend.notices.insert(0, f"--backend auto chose {name}: {reason}")
     return backend

@@ -18,6 +18,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from runtime.backends.base import KV_DTYPES
 from runtime.errors import MiniCPMError
 
 
@@ -32,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="InfLLM v2 sparse attention on the torch backend for a new chat")
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default=None,
                         help="quantize the weights on load for a new chat on the torch backend (runtime/quantize.py)")
-    parser.add_argument("--kv-dtype", choices=("auto", "bfloat16", "float32"), default=None,
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default=None,
                         help="the KV cache's dtype for a new chat on the torch backend (auto: the compute dtype; "
-                             "bfloat16 halves a float32 or --quant model's cache)")
+                             "bfloat16 halves the cache of a model computing in float32)")
     parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default=None,
                         help="speculative decoding for a new chat on the torch backend: prompt-lookup drafts, or an "
                              "Eagle head's (runtime/speculative.py, runtime/eagle.py)")

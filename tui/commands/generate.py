@@ -11,6 +11,7 @@ import json
 import random
 import sys
 
+from runtime.backends.base import KV_DTYPES
 from runtime.errors import MiniCPMError
 
 
@@ -29,9 +30,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_backend: str = 
     parser.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                         help="torch backend: quantize the linear layers' weights on load (int8 per channel, int4 in "
                              "groups of 32; runtime/quantize.py); llama.cpp runs a GGUF's own quantization (none)")
-    parser.add_argument("--kv-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="auto",
                         help="torch backend: the KV cache's dtype, in which attention runs (auto: the compute dtype); "
-                             "bfloat16 halves a float32 or --quant model's cache at long context")
+                             "bfloat16 halves the cache of a model computing in float32 (--dtype auto picks float32 "
+                             "below 2B parameters, --quant included)")
     parser.add_argument("--speculative", choices=("none", "lookup", "eagle"), default="none",
                         help="torch backend: draft tokens and check them in one forward, same output; lookup: the "
                              "continuation of an earlier occurrence of the last few tokens (fast where the reply "

@@ -90,7 +90,10 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
                 yield Button("Cancel", id="cancel")
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id != "preset" or event.value is Select.BLANK:
+        if event.select.id != "preset":
+            return
+        if event.value is Select.NULL:  # back to "keep the fields": the chat's own options again
+            self.base = self.options
             return
         preset = self.presets[event.value].options
         self.base = preset  # what the form does not show (the adapter) comes with the preset
@@ -107,12 +110,15 @@ class ChatSettings(ModalScreen[tuple[ChatOptions, str] | None]):
         self.query_one("#context_length", Input).value = "" if preset.context_length is None else str(preset.context_length)
 
     def read(self) -> ChatOptions:
-        """The form's fields over the chat's options (or the chosen preset's): a setting the form does
-        not show, the LoRA adapter, is kept, not dropped."""
+        """The form's fields over the chat's options (or the chosen preset's). The one setting the form
+        does not show, the LoRA adapter, is kept while the model stays the same and runs locally: it
+        belongs to that model, and a server loads its own."""
         value = lambda wid: self.query_one(f"#{wid}", Input).value  # noqa: E731
+        model, backend = value("model").strip(), self.query_one("#backend", Select).value
+        keeps_adapter = model == self.base.model and backend != "openai"
         return replace(
-            self.base,
-            model=value("model").strip(), backend=self.query_one("#backend", Select).value,
+            self.base, adapter=self.base.adapter if keeps_adapter else None,
+            model=model, backend=backend,
             base_url=value("base_url").strip() or None, sparse=self.query_one("#sparse", Select).value,
             quant=self.query_one("#quant", Select).value, kv_dtype=self.query_one("#kv_dtype", Select).value,
             speculative=self.query_one("#speculative", Select).value,
