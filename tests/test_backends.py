@@ -16,6 +16,8 @@ def test_auto_sends_checkpoints_to_torch_and_gguf_files_to_llama_cpp(tiny_minicp
     name, why = choose_backend("default", context_length=None, sparse="on", base_url=None)
     assert name == "torch" and "sparse" in why
     assert choose_backend("default", context_length=None, sparse="auto", base_url="http://127.0.0.1:9/v1")[0] == "openai"
+    name, why = choose_backend("default", context_length=None, sparse="auto", base_url=None, kv_dtype="bfloat16")
+    assert name == "torch" and "--kv-dtype bfloat16" in why
 
     sparse_ckpt = tmp_path / "sparse"
     sparse_ckpt.mkdir()
