@@ -44,19 +44,19 @@ class TorchBackend(Backend):
              sparse: str = "auto", sparse_overrides: dict | None = None, speculative: str = "none",
              draft_max: int = 8, adapter: str | None = None, draft_model: str | None = None,
              frspec_vocab: int = 0, kv_dtype: str = "auto") -> TorchBackend:
+        import torch
+
         from runtime.adapter import adapter_dialect, adapter_name
         from runtime.backends.base import KV_DTYPES, check_draft_options
         from runtime.sparse_attention import describe, resolve_sparse
 
-        import torch
-
         check_draft_options(speculative, draft_model, frspec_vocab)
+        if kv_dtype not in KV_DTYPES:
+            raise MiniCPMError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)} (got {kv_dtype!r})")
         if threads:
             torch.set_num_threads(threads)
-        cache_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(kv_dtype, "unknown")
-        if cache_dtype == "unknown":
-            raise MiniCPMError(f"--kv-dtype must be one of {', '.join(KV_DTYPES)} (got {kv_dtype!r})")
         loaded = load_torch_model(model, dtype=dtype, quant=quant, adapter=adapter)
+        cache_dtype = None if kv_dtype == "auto" else getattr(torch, kv_dtype)  # KV_DTYPES name torch dtypes
         if cache_dtype is not None and cache_dtype != loaded.model.dtype:
             loaded.model.kv_dtype = cache_dtype
             loaded.details.append(f"KV cache in {kv_dtype} (compute in {str(loaded.model.dtype).removeprefix('torch.')}; "
